@@ -1,0 +1,6 @@
+"""Benchmarks run offline on the tiny checkpoints, like the tests."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

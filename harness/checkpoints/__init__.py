@@ -1,0 +1,1 @@
+"""Checkpoint registry and the checkpoints the harness builds itself."""

@@ -1,0 +1,88 @@
+"""Which checkpoints the harness knows: the five published ones, the built-in tiny ones, and
+any local folder in diffusers format. Adding a published checkpoint is adding an entry here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Task = Literal["audio", "music", "speech"]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is for and what inputs a call needs."""
+
+    id: str
+    task: Task
+    description: str
+    needs_transcription: bool = False
+    max_new_tokens: int | None = None  # None: the language model config's default (8)
+    builtin: bool = False  # built by the harness itself, no download
+
+
+def _speech(id_: str, description: str) -> CheckpointInfo:
+    # The speech checkpoints were trained with 512 generated tokens (diffusers docs, model cards).
+    return CheckpointInfo(id_, "speech", description, needs_transcription=True, max_new_tokens=512)
+
+
+PUBLISHED: dict[str, CheckpointInfo] = {
+    c.id: c
+    for c in [
+        CheckpointInfo("cvssp/audioldm2", "audio", "AudioLDM 2 full: text-to-audio, 1.1B params"),
+        CheckpointInfo("cvssp/audioldm2-large", "audio", "AudioLDM 2 full-large: 718M UNet"),
+        CheckpointInfo("cvssp/audioldm2-music", "music", "AudioLDM 2 music: text-to-music"),
+        _speech("anhnct/audioldm2_gigaspeech", "AudioLDM 2 speech, GigaSpeech (VITS text encoder)"),
+        _speech("anhnct/audioldm2_ljspeech", "AudioLDM 2 speech, LJSpeech (VITS text encoder)"),
+    ]
+}
+
+BUILTIN: dict[str, CheckpointInfo] = {
+    "tiny-audio": CheckpointInfo(
+        "tiny-audio", "audio", "built-in tiny text-to-audio pipeline (CLAP + T5), random weights",
+        builtin=True,
+    ),
+    "tiny-speech": CheckpointInfo(
+        "tiny-speech", "speech", "built-in tiny speech pipeline (CLAP + VITS), random weights",
+        needs_transcription=True, max_new_tokens=512, builtin=True,
+    ),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or loaded; the message says where we looked and what to do."""
+
+
+def is_local_folder(name: str) -> bool:
+    """A local diffusers-format pipeline folder (has model_index.json)."""
+    return (Path(name).expanduser() / "model_index.json").is_file()
+
+
+def describe(name: str) -> CheckpointInfo:
+    """Info for a published or built-in id, or one inferred from a local folder's model_index.json."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name in PUBLISHED:
+        return PUBLISHED[name]
+    if is_local_folder(name):
+        return _describe_local(Path(name).expanduser())
+    if "/" in name and not Path(name).expanduser().exists():
+        # Any other hub id in diffusers format is allowed; assume text-to-audio.
+        return CheckpointInfo(name, "audio", "hub checkpoint (not in the registry)")
+    raise CheckpointError(
+        f"checkpoint {name!r} is neither a known id ({', '.join([*BUILTIN, *PUBLISHED])}), "
+        "a hub id (owner/name) nor a folder with model_index.json"
+    )
+
+
+def _describe_local(folder: Path) -> CheckpointInfo:
+    index = json.loads((folder / "model_index.json").read_text())
+    if index.get("_class_name") != "AudioLDM2Pipeline":
+        raise CheckpointError(
+            f"{folder} holds a {index.get('_class_name')!r}, not an AudioLDM2Pipeline"
+        )
+    if index.get("text_encoder_2", [None, None])[1] == "VitsModel":
+        return _speech(str(folder), "local speech checkpoint (VITS text encoder)")
+    return CheckpointInfo(str(folder), "audio", "local checkpoint")

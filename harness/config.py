@@ -1,0 +1,265 @@
+"""Sweep files: TOML -> validated ``SweepSpec`` -> ``Cell`` list with stable ids.
+
+A cell is one point of the sweep (checkpoint, dtype, device, scheduler, steps, guidance,
+negative prompt, audio length, runtime options). Its id hashes its canonical JSON plus the
+versions of the packages that change outputs, so a changed setting or upgraded library gets
+new cells instead of mixing results. Seeds and prompts are not part of the cell: a sample is
+(cell, prompt id, seed), so adding seeds or prompts to a sweep reuses the samples already made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.checkpoints.registry import CheckpointError, describe
+from harness.environment import output_versions
+from harness.schedulers import SchedulerError, check_options, get_entry
+
+Dtype = Literal["fp32", "fp16", "bf16"]
+
+
+class ConfigError(ValueError):
+    """A sweep file that cannot be used; the message is one line naming the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CheckpointSpec(_Strict):
+    """A checkpoint id (hub id, built-in name or local folder) and optional hub revision."""
+
+    id: str = Field(min_length=1)
+    revision: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        try:
+            describe(value)
+        except CheckpointError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+
+class SchedulerSpec(_Strict):
+    """A scheduler variant: a label, a registry type and config overrides."""
+
+    name: str = Field(min_length=1)
+    type: str | None = None  # registry name; defaults to `name`
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SchedulerSpec":
+        try:
+            check_options(self.kind, self.options)
+        except SchedulerError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The registry name of the scheduler class."""
+        return self.type or self.name
+
+
+class PromptsSpec(_Strict):
+    """Which prompt set to use, and optionally how many of its prompts."""
+
+    set: str = Field(min_length=1)
+    limit: int | None = Field(default=None, gt=0)
+
+
+def _unique(values: list, key: str) -> list:
+    seen, dupes = set(), []
+    for v in values:
+        label = v.name if isinstance(v, SchedulerSpec) else v.id if isinstance(v, CheckpointSpec) else v
+        if label in seen:
+            dupes.append(label)
+        seen.add(label)
+    if dupes:
+        raise ValueError(f"duplicate entries in {key}: {', '.join(map(repr, dupes))}")
+    return values
+
+
+class SweepSpec(_Strict):
+    """A whole sweep file: the grid, the prompts, the seeds and runtime settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    checkpoints: list[CheckpointSpec] = Field(min_length=1)
+    dtypes: list[Dtype] = Field(default=["fp32"], min_length=1)
+    schedulers: list[SchedulerSpec] = Field(default_factory=lambda: [SchedulerSpec(name="ddim")], min_length=1)
+    steps: list[int] = Field(default=[200], min_length=1)
+    guidance_scales: list[float] = Field(default=[3.5], min_length=1)
+    negative_prompts: list[str] = Field(default=[""], min_length=1)
+    audio_lengths_s: list[float] = Field(default=[10.24], min_length=1)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    prompts: PromptsSpec
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    batch_size: int = Field(default=1, gt=0)
+    allow_unsafe_schedulers: bool = False
+
+    @field_validator("checkpoints", "schedulers", mode="before")
+    @classmethod
+    def _strings_to_tables(cls, values: Any, info) -> Any:
+        field = "id" if info.field_name == "checkpoints" else "name"
+        if not isinstance(values, list):
+            return values
+        return [{field: v} if isinstance(v, str) else v for v in values]
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, values: list[int]) -> list[int]:
+        return _unique([_positive(v, "steps", strict=True) for v in values], "steps")
+
+    @field_validator("audio_lengths_s")
+    @classmethod
+    def _positive_lengths(cls, values: list[float]) -> list[float]:
+        return _unique([_positive(v, "audio_lengths_s", strict=True) for v in values], "audio_lengths_s")
+
+    @field_validator("guidance_scales")
+    @classmethod
+    def _guidance(cls, values: list[float]) -> list[float]:
+        return _unique([_positive(v, "guidance_scales", strict=False) for v in values], "guidance_scales")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values: list[int]) -> list[int]:
+        return _unique([_positive(v, "seeds", strict=False) for v in values], "seeds")
+
+    @field_validator("checkpoints", "schedulers", "dtypes", "negative_prompts")
+    @classmethod
+    def _no_duplicates(cls, values: list, info) -> list:
+        return _unique(values, info.field_name)
+
+    @model_validator(mode="after")
+    def _scheduler_policy(self) -> "SweepSpec":
+        for s in self.schedulers:
+            least = get_entry(s.kind).minimum_steps(s.options)
+            if min(self.steps) < least:
+                raise ValueError(
+                    f"scheduler {s.name!r} needs steps >= {least}, but steps has {min(self.steps)}"
+                )
+            if get_entry(s.kind).opt_in and not self.allow_unsafe_schedulers:
+                raise ValueError(
+                    f"scheduler {s.kind!r} is refused ({get_entry(s.kind).description}); "
+                    "set allow_unsafe_schedulers = true to run it anyway"
+                )
+        return self
+
+
+def _positive(value: float, key: str, strict: bool) -> float:
+    if value < 0 or (strict and value == 0):
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"every value of {key} must be {bound}, got {value}")
+    return value
+
+
+class Cell(_Strict):
+    """One point of the sweep; everything that changes a sample's audio except prompt and seed."""
+
+    checkpoint: str
+    revision: str | None
+    dtype: Dtype
+    device: str
+    scheduler: str
+    scheduler_type: str
+    scheduler_options: dict[str, Any]
+    steps: int
+    guidance_scale: float
+    negative_prompt: str
+    audio_length_s: float
+    versions: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        """Stable id: sha256 of the canonical JSON (versions included), first 16 hex digits."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def canonical_json(self) -> str:
+        """Key-sorted, whitespace-free JSON of every field."""
+        return json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def load_key(self) -> tuple:
+        """Cells sharing this key share one loaded pipeline."""
+        return (self.checkpoint, self.revision, self.dtype, self.device)
+
+    @property
+    def label(self) -> str:
+        """Short human-readable description for tables and progress bars."""
+        return f"{Path(self.checkpoint).name}/{self.scheduler}/{self.steps}st/g{self.guidance_scale:g}"
+
+
+def expand(spec: SweepSpec, device: str) -> list[Cell]:
+    """All cells of the grid, in an order that keeps cells sharing a pipeline adjacent."""
+    versions = output_versions()
+    grid = itertools.product(
+        spec.checkpoints, spec.dtypes, spec.schedulers, spec.steps,
+        spec.guidance_scales, spec.negative_prompts, spec.audio_lengths_s,
+    )
+    return [
+        Cell(
+            checkpoint=ck.id, revision=ck.revision, dtype=dt, device=device, scheduler=sc.name,
+            scheduler_type=sc.kind, scheduler_options=sc.options, steps=st, guidance_scale=float(g),
+            negative_prompt=neg, audio_length_s=float(length), versions=versions,
+        )
+        for ck, dt, sc, st, g, neg, length in grid
+    ]
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep TOML file; any problem is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such sweep file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
+    """Validate an already-parsed sweep mapping."""
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_first_error(err)}") from None
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        parent = _model_at(e["loc"][:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "see the README"
+        return f"unknown key {loc!r}; allowed keys here: {allowed}"
+    if e["type"] == "literal_error":
+        return f"{loc}: {e['msg']} (got {e['input']!r})"
+    msg = re.sub(r"^Value error, ", "", e["msg"])
+    if e["type"] == "missing":
+        return f"missing required key {loc!r}"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = SweepSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not None]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model

@@ -1,0 +1,63 @@
+"""Versions and machine facts: what goes into cell ids and what every run records."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+# Packages whose version can change generated audio: part of every cell id.
+OUTPUT_PACKAGES = ("audioldm2-harness", "diffusers", "transformers", "torch")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not-installed"
+
+
+@functools.lru_cache(maxsize=1)
+def output_versions() -> dict[str, str]:
+    """Versions of the packages that change outputs (harness, diffusers, transformers, torch)."""
+    return {p: _version(p) for p in OUTPUT_PACKAGES}
+
+
+def resolve_device(device: str) -> str:
+    """Turn 'auto' into 'cuda' when a GPU is visible, else 'cpu'; check explicit CUDA requests."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is visible; use device = 'cpu'")
+    return device
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def fingerprint() -> dict[str, object]:
+    """Environment fingerprint stored with every run: versions, CPU, GPU, git commit."""
+    info: dict[str, object] = {
+        "versions": {**output_versions(), "numpy": _version("numpy"), "python": platform.python_version()},
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "git_commit": _git_commit(),
+        "cuda_available": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    return info

@@ -1,0 +1,13 @@
+"""The error types that mean "bad input": the CLI prints them as one line and exits 2."""
+
+from __future__ import annotations
+
+from harness.checkpoints.registry import CheckpointError
+from harness.config import ConfigError
+from harness.data.prompts import PromptSetError
+from harness.schedulers import SchedulerError
+from harness.store import StoreError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, PromptSetError, CheckpointError, SchedulerError, StoreError, ValueError,
+)

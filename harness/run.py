@@ -1,0 +1,141 @@
+"""Plan a sweep against its run folder and hand the missing work to an executor.
+
+``plan`` expands the sweep into (cell, prompt, seed) work items and drops those the store
+already holds, which is all that resuming needs. Only one process writes a run folder at a
+time: an OS file lock (released by the kernel when its process dies, so a killed run never
+leaves a stale lock) guards it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+
+from harness.checkpoints.registry import describe
+from harness.config import Cell, ConfigError, SweepSpec, expand, load_spec
+from harness.data.prompts import Prompt, PromptSet, load_prompt_set
+from harness.environment import fingerprint, resolve_device
+from harness.execute.local import Batch, ExecutionReport, LocalExecutor, WorkItem
+from harness.pipeline.load import check_device_dtype
+from harness.store import RunStore, StoreError
+
+
+@dataclass
+class RunResult:
+    """Outcome of one ``run`` call."""
+
+    run_dir: Path
+    cells: list[Cell]
+    planned: int
+    skipped: int
+    report: ExecutionReport
+
+
+def default_run_dir(spec: SweepSpec) -> Path:
+    """runs/<sweep name>: a stable folder, so running the same sweep again resumes it."""
+    return Path("runs") / spec.name
+
+
+def prompts_for(checkpoint: str, prompts: PromptSet, limit: int | None) -> list[Prompt]:
+    """The prompts a checkpoint runs: speech checkpoints take only prompts with a transcription."""
+    chosen = list(prompts.prompts)
+    if describe(checkpoint).needs_transcription:
+        chosen = [p for p in chosen if p.transcription]
+        if not chosen:
+            raise ConfigError(
+                f"checkpoint {checkpoint!r} needs a transcription, but prompt set {prompts.name!r} "
+                "has no prompt with one; add 'transcription' to some prompts"
+            )
+    return chosen[:limit] if limit else chosen
+
+
+def plan(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, done: set[tuple[str, str, int]],
+         batch_size: int) -> tuple[list[Batch], int, int]:
+    """Batches holding work not yet in the store; also (samples to do, samples already stored)."""
+    per_checkpoint = {c.id: prompts_for(c.id, prompts, spec.prompts.limit) for c in spec.checkpoints}
+    batches, todo_count, total = [], 0, 0
+    for cell in cells:
+        items = [WorkItem(cell, p, seed) for p in per_checkpoint[cell.checkpoint] for seed in spec.seeds]
+        total += len(items)
+        for start in range(0, len(items), batch_size):
+            chunk = tuple(items[start:start + batch_size])
+            todo = tuple(i.key not in done for i in chunk)
+            if any(todo):
+                batches.append(Batch(cell, chunk, todo))
+                todo_count += sum(todo)
+    return batches, todo_count, total - todo_count
+
+
+def acquire_lock(run_dir: Path) -> filelock.BaseFileLock:
+    """Take the run folder's writer lock or fail with a message naming the holder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(run_dir / "writer.lock", timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        holder = (run_dir / "writer.pid").read_text().strip() if (run_dir / "writer.pid").exists() else "?"
+        raise StoreError(
+            f"another process (pid {holder}) is writing to {run_dir}; wait for it to finish or "
+            "use another --run-dir"
+        ) from None
+    (run_dir / "writer.pid").write_text(str(os.getpid()))
+    return lock
+
+
+def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_failed: bool = False,
+              batch_size: int | None = None, conditioning_cache: bool = True,
+              progress: bool = True) -> RunResult:
+    """Run (or resume) a sweep file into a run folder."""
+    spec = load_spec(config)
+    device = resolve_device(spec.device)
+    cells = expand(spec, device)
+    for cell in cells:
+        try:
+            check_device_dtype(cell.dtype, cell.device)
+        except ValueError as err:
+            raise ConfigError(f"{config}: dtypes: {err}") from None
+    prompts = load_prompt_set(spec.prompts.set)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
+    lock = acquire_lock(run_dir)
+    try:
+        store = RunStore(run_dir)
+        try:
+            return _run_locked(spec, Path(config), cells, prompts, store, retry_failed,
+                               batch_size or spec.batch_size, conditioning_cache, progress)
+        finally:
+            store.close()
+    finally:
+        lock.release()
+
+
+def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_size,
+                conditioning_cache, progress) -> RunResult:
+    store.check_prompts({p.id: (p.text, p.transcription) for p in prompts.prompts})
+    store.set_meta("environment", fingerprint())
+    store.set_meta(f"config:{spec.name}", config_path.read_text())
+    store.add_cells(cells, {"batch_size": batch_size})
+    done = store.done_keys(include_failed=not retry_failed)
+    batches, todo, skipped = plan(spec, cells, prompts, done, batch_size)
+    bar = _progress_bar(todo, skipped, progress)
+    executor = LocalExecutor(store, batch_size, conditioning_cache, spec.allow_unsafe_schedulers,
+                             on_sample=lambda item: _advance(bar, item))
+    try:
+        report = executor.run(batches)
+    finally:
+        bar.close()
+    return RunResult(store.root, cells, todo, skipped, report)
+
+
+def _progress_bar(total: int, skipped: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    desc = f"samples ({skipped} already stored)" if skipped else "samples"
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
+
+
+def _advance(bar, item: WorkItem) -> None:
+    bar.set_postfix_str(item.cell.label, refresh=False)
+    bar.update(1)

@@ -1,0 +1,139 @@
+"""Scheduler registry: short names -> diffusers scheduler classes, option checking, swapping.
+
+A scheduler is chosen by a short name (``dpmsolver++``) plus config overrides
+(``use_karras_sigmas = true``) and built with ``cls.from_config(checkpoint_config, **options)``,
+so swapping it never reloads the model. Options are checked against the class's own
+``__init__`` type hints, so a wrong type is caught when the sweep file is read, not mid-run.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import diffusers
+from pydantic import TypeAdapter, ValidationError
+
+
+@dataclass(frozen=True)
+class SchedulerEntry:
+    """One registered scheduler: its short name, diffusers class name and notes."""
+
+    name: str
+    class_name: str
+    description: str
+    needs: str | None = None  # an optional Python package the scheduler imports
+    opt_in: bool = False  # refused unless the sweep sets allow_unsafe_schedulers
+    min_steps: int = 1  # fewer fails inside set_timesteps
+
+    def minimum_steps(self, options: dict[str, Any]) -> int:
+        """Fewest inference steps this scheduler accepts with these options."""
+        # PNDM's Runge-Kutta warm-up needs 4 steps unless skip_prk_steps is set.
+        return 1 if options.get("skip_prk_steps") else self.min_steps
+
+
+SCHEDULERS: dict[str, SchedulerEntry] = {
+    e.name: e
+    for e in [
+        SchedulerEntry("ddim", "DDIMScheduler", "DDIM (the checkpoints' own scheduler)"),
+        SchedulerEntry("ddpm", "DDPMScheduler", "DDPM ancestral sampling"),
+        SchedulerEntry("pndm", "PNDMScheduler", "PNDM / PLMS", min_steps=4),
+        SchedulerEntry("lms", "LMSDiscreteScheduler", "linear multistep"),
+        SchedulerEntry("euler", "EulerDiscreteScheduler", "Euler"),
+        SchedulerEntry("euler-ancestral", "EulerAncestralDiscreteScheduler", "Euler ancestral"),
+        SchedulerEntry("heun", "HeunDiscreteScheduler", "Heun (2 UNet calls per step)"),
+        SchedulerEntry("dpmsolver++", "DPMSolverMultistepScheduler", "DPM-Solver++ multistep"),
+        SchedulerEntry(
+            "dpmsolver-singlestep", "DPMSolverSinglestepScheduler", "DPM-Solver singlestep"
+        ),
+        SchedulerEntry("dpmsolver-sde", "DPMSolverSDEScheduler", "DPM-Solver SDE", needs="torchsde"),
+        SchedulerEntry("kdpm2", "KDPM2DiscreteScheduler", "KDPM2"),
+        SchedulerEntry("kdpm2-ancestral", "KDPM2AncestralDiscreteScheduler", "KDPM2 ancestral"),
+        SchedulerEntry("deis", "DEISMultistepScheduler", "DEIS multistep"),
+        SchedulerEntry("unipc", "UniPCMultistepScheduler", "UniPC multistep"),
+        SchedulerEntry(
+            "edm-euler",
+            "EDMEulerScheduler",
+            "EDM Euler: assumes EDM preconditioning, which AudioLDM 2 was not trained with",
+            opt_in=True,
+        ),
+    ]
+}
+
+
+class SchedulerError(ValueError):
+    """A scheduler name or option the harness cannot use; the message lists valid choices."""
+
+
+def scheduler_class(name: str) -> type:
+    """Return the diffusers class registered under ``name``."""
+    entry = get_entry(name)
+    return getattr(diffusers, entry.class_name)
+
+
+def get_entry(name: str) -> SchedulerEntry:
+    """Look up a registry entry, with an error listing the valid names."""
+    if name not in SCHEDULERS:
+        raise SchedulerError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
+def is_available(name: str) -> bool:
+    """Whether the optional package a scheduler needs is installed."""
+    needs = get_entry(name).needs
+    return needs is None or importlib.util.find_spec(needs) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _option_types(class_name: str) -> dict[str, Any]:
+    return typing.get_type_hints(getattr(diffusers, class_name).__init__)
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate config overrides against the scheduler's __init__ type hints."""
+    types = _option_types(get_entry(name).class_name)
+    for key, value in options.items():
+        if key not in types or key == "return":
+            valid = ", ".join(sorted(k for k in types if k != "return"))
+            raise SchedulerError(f"scheduler {name!r} has no option {key!r}; valid: {valid}")
+        try:
+            TypeAdapter(types[key]).validate_python(value, strict=True)
+        except ValidationError:
+            raise SchedulerError(
+                f"scheduler {name!r} option {key!r} must be {_type_name(types[key])}, got {value!r}"
+            ) from None
+    return dict(options)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+def compatible_names(base_scheduler) -> list[str]:
+    """Registry names whose classes the checkpoint's scheduler declares compatible."""
+    compatibles = {c.__name__ for c in base_scheduler.compatibles} | {type(base_scheduler).__name__}
+    return [n for n, e in SCHEDULERS.items() if e.class_name in compatibles]
+
+
+def build_scheduler(name: str, options: dict[str, Any], base_scheduler, allow_unsafe: bool = False):
+    """Build scheduler ``name`` from the checkpoint's scheduler config (no model reload)."""
+    entry = get_entry(name)
+    valid = compatible_names(base_scheduler)
+    if name not in valid:
+        raise SchedulerError(
+            f"scheduler {name!r} is not compatible with {type(base_scheduler).__name__}; "
+            f"valid: {', '.join(valid)}"
+        )
+    if entry.opt_in and not allow_unsafe:
+        raise SchedulerError(
+            f"scheduler {name!r} is refused: {entry.description}; "
+            "set allow_unsafe_schedulers = true in the sweep to run it anyway"
+        )
+    if not is_available(name):
+        raise SchedulerError(f"scheduler {name!r} needs {entry.needs}: pip install {entry.needs}")
+    return scheduler_class(name).from_config(base_scheduler.config, **check_options(name, options))

@@ -1,0 +1,222 @@
+"""The run folder: ``run.sqlite`` (WAL) for rows, ``audio/`` for lossless waveforms.
+
+Crash safety: audio is written to a temporary name, fsynced and renamed, and only then is its
+sample row committed, so a row never points at a partial file and a killed run resumes by
+skipping the (cell, prompt, seed) keys that already have a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from scipy.io import wavfile
+
+from harness.config import Cell
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    id TEXT PRIMARY KEY,
+    checkpoint TEXT NOT NULL,
+    revision TEXT,
+    dtype TEXT NOT NULL,
+    device TEXT NOT NULL,
+    scheduler TEXT NOT NULL,
+    scheduler_type TEXT NOT NULL,
+    scheduler_options TEXT NOT NULL,
+    steps INTEGER NOT NULL,
+    guidance_scale REAL NOT NULL,
+    negative_prompt TEXT NOT NULL,
+    audio_length_s REAL NOT NULL,
+    runtime_options TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    cell_id TEXT NOT NULL REFERENCES cells(id),
+    prompt_id TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    transcription TEXT,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT,
+    audio_path TEXT,
+    audio_sha256 TEXT,
+    sample_rate INTEGER,
+    n_samples INTEGER,
+    flags TEXT NOT NULL DEFAULT '[]',
+    timings TEXT NOT NULL DEFAULT '{}',
+    batch_size INTEGER,
+    conditioning_cached INTEGER,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (cell_id, prompt_id, seed)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass
+class SampleRecord:
+    """Everything stored for one generated (or failed) sample."""
+
+    cell_id: str
+    prompt_id: str
+    prompt: str
+    transcription: str | None
+    seed: int
+    status: str = "ok"
+    error: str | None = None
+    flags: list[str] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    conditioning_cached: bool | None = None
+
+
+def _safe_name(text: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80]
+    if safe != text:  # keep distinct ids distinct after sanitising
+        safe += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return safe
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RunStore:
+    """One run folder; a single writer process at a time."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        (self.root / "audio").mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.root / "run.sqlite", timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self._check_schema()
+        self._remove_partial_files()
+
+    def _check_schema(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+        elif int(json.loads(row["value"])) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.root} has store schema {row['value']}, this harness writes {SCHEMA_VERSION}; "
+                "use a new run folder"
+            )
+
+    def _remove_partial_files(self) -> None:
+        # Temporary files belong to writes that a crash interrupted; their rows were never committed.
+        for tmp in (self.root / "audio").rglob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.close()
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value under ``key`` in the meta table."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """Read a JSON value from the meta table."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row["value"])
+
+    def add_cells(self, cells: Iterable[Cell], runtime_options: dict[str, Any]) -> None:
+        """Insert cells that are not stored yet (a cell's row never changes)."""
+        now = time.time()
+        rows = [
+            (c.id, c.checkpoint, c.revision, c.dtype, c.device, c.scheduler, c.scheduler_type,
+             json.dumps(c.scheduler_options, sort_keys=True), c.steps, c.guidance_scale,
+             c.negative_prompt, c.audio_length_s, json.dumps(runtime_options, sort_keys=True),
+             json.dumps(c.versions, sort_keys=True), c.canonical_json(), now)
+            for c in cells
+        ]
+        with self.db:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+            )
+
+    def done_keys(self, include_failed: bool = True) -> set[tuple[str, str, int]]:
+        """(cell_id, prompt_id, seed) of samples already stored."""
+        where = "" if include_failed else "WHERE status='ok'"
+        rows = self.db.execute(f"SELECT cell_id, prompt_id, seed FROM samples {where}")
+        return {(r[0], r[1], r[2]) for r in rows}
+
+    def check_prompts(self, prompts: dict[str, tuple[str, str | None]]) -> None:
+        """Refuse to mix samples when a prompt id's text changed since earlier samples."""
+        rows = self.db.execute("SELECT DISTINCT prompt_id, prompt, transcription FROM samples")
+        changed = [r[0] for r in rows if r[0] in prompts and prompts[r[0]] != (r[1], r[2])]
+        if changed:
+            raise StoreError(
+                f"prompt text changed for ids {', '.join(changed[:5])} since samples were stored in "
+                f"{self.root}; give the changed prompts new ids or use a new run folder"
+            )
+
+    def audio_path(self, cell_id: str, prompt_id: str, seed: int) -> Path:
+        """Relative path of a sample's WAV file inside the run folder."""
+        return Path("audio") / cell_id / f"{_safe_name(prompt_id)}__seed{seed}.wav"
+
+    def write_sample(self, record: SampleRecord, audio: np.ndarray | None, sample_rate: int) -> None:
+        """Write the audio atomically (if any), then commit the row."""
+        rel, digest, n = None, None, None
+        if audio is not None:
+            rel = self.audio_path(record.cell_id, record.prompt_id, record.seed)
+            digest = self._write_audio(self.root / rel, audio, sample_rate)
+            n = int(audio.shape[-1])
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (record.cell_id, record.prompt_id, record.prompt, record.transcription, record.seed,
+                 record.status, record.error, str(rel) if rel else None, digest,
+                 sample_rate if rel else None, n, json.dumps(record.flags),
+                 json.dumps(record.timings), record.batch_size,
+                 None if record.conditioning_cached is None else int(record.conditioning_cached),
+                 time.time()),
+            )
+
+    @staticmethod
+    def _write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            # scipy, not soundfile: libsndfile adds a timestamped PEAK chunk to float WAVs, which
+            # would make identical audio hash differently.
+            wavfile.write(fh, sample_rate, np.asarray(audio, dtype=np.float32))
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+        return digest
+
+    def samples(self) -> list[dict[str, Any]]:
+        """All sample rows joined with their cell's settings, as dicts."""
+        rows = self.db.execute(
+            "SELECT s.*, c.checkpoint, c.scheduler, c.steps, c.guidance_scale, c.audio_length_s, c.dtype "
+            "FROM samples s JOIN cells c ON c.id = s.cell_id ORDER BY s.cell_id, s.prompt_id, s.seed"
+        )
+        return [dict(r) for r in rows]

@@ -1,0 +1,129 @@
+"""Shared test set-up: offline, no network, and the tiny checkpoints built once per session."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+# Before anything imports huggingface_hub: it reads these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# One intra-op thread for this process and every subprocess a test starts: on a busy 2-core
+# machine the default oversubscribes (0.3 s calls took 30 s), and equal thread counts keep
+# float results bit-identical between a test and the CLI processes it compares against.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+class NetworkBlocked(OSError):
+    """Raised when a test tries to reach a non-loopback address."""
+
+
+_real_connect = socket.socket.connect
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths are local
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost would need DNS: not allowed
+
+
+def _guarded_connect(self, address):
+    if not _is_loopback(address):
+        raise NetworkBlocked(f"tests must not use the network (tried to connect to {address!r})")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _guarded_connect  # fail fast instead of hanging on any network access
+
+
+@pytest.fixture(scope="session", autouse=True)
+def harness_cache(tmp_path_factory) -> str:
+    """A per-session cache folder so tests never touch (or depend on) the user's cache."""
+    path = os.environ.get("AUDIOLDM2_HARNESS_TEST_CACHE") or str(tmp_path_factory.mktemp("harness-cache"))
+    os.environ["AUDIOLDM2_HARNESS_CACHE"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_path(harness_cache):
+    """Folder of the built-in tiny text-to-audio checkpoint."""
+    from harness.checkpoints.tiny import tiny_checkpoint_path
+
+    return tiny_checkpoint_path("audio")
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_path(harness_cache):
+    """Folder of the built-in tiny speech checkpoint."""
+    from harness.checkpoints.tiny import tiny_checkpoint_path
+
+    return tiny_checkpoint_path("speech")
+
+
+@pytest.fixture(scope="session")
+def tiny_audio(harness_cache):
+    """The loaded tiny text-to-audio pipeline (shared: tests must not mutate it, except scheduler)."""
+    from harness.pipeline.load import load_pipeline
+
+    return load_pipeline("tiny-audio", None, "fp32", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_speech(harness_cache):
+    """The loaded tiny speech pipeline."""
+    from harness.pipeline.load import load_pipeline
+
+    return load_pipeline("tiny-speech", None, "fp32", "cpu")
+
+
+@pytest.fixture
+def make_sweep(tmp_path):
+    """Factory: write a small sweep TOML (keyword arguments override the defaults); returns its path."""
+    counter = iter(range(1000))
+
+    def make(**overrides) -> str:
+        return _write_sweep(tmp_path / f"sweep{next(counter)}.toml", **overrides)
+
+    return make
+
+
+def _write_sweep(path, **overrides) -> str:
+    spec = {
+        "name": "t", "checkpoints": ["tiny-audio"], "schedulers": ["ddim"], "steps": [3],
+        "audio_lengths_s": [0.5], "seeds": [0, 1], "device": "cpu", "batch_size": 2,
+        "prompts": {"set": "smoke", "limit": 2},
+    }
+    spec.update(overrides)
+    lines = []
+    for key, value in spec.items():
+        if key != "prompts":
+            lines.append(f"{key} = {_toml(value)}")
+    lines.append("[prompts]")
+    lines += [f"{k} = {_toml(v)}" for k, v in spec["prompts"].items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _toml(value) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)

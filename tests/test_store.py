@@ -1,0 +1,99 @@
+"""The run store: atomic audio writes, resume keys, prompt consistency, schema."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from harness.config import expand, parse_spec
+from harness.store import RunStore, SampleRecord, StoreError, sha256_file
+
+
+@pytest.fixture
+def cell():
+    spec = parse_spec({"name": "t", "checkpoints": ["tiny-audio"], "prompts": {"set": "smoke"}})
+    return expand(spec, "cpu")[0]
+
+
+@pytest.fixture
+def store(tmp_path, cell):
+    s = RunStore(tmp_path / "run")
+    s.add_cells([cell], {"batch_size": 1})
+    yield s
+    s.close()
+
+
+def _record(cell, prompt_id="p/1 odd", seed=0, **kw):
+    return SampleRecord(cell.id, prompt_id, "a prompt", None, seed, **kw)
+
+
+def test_audio_is_lossless_float_wav_with_hash(store, cell):
+    audio = np.random.default_rng(0).uniform(-1, 1, 1600).astype(np.float32)
+    store.write_sample(_record(cell), audio, 16000)
+    row = store.samples()[0]
+    path = store.root / row["audio_path"]
+    read, rate = sf.read(path, dtype="float32")
+    assert rate == 16000 and np.array_equal(read, audio)
+    assert sf.info(path).subtype == "FLOAT"
+    assert row["audio_sha256"] == sha256_file(path)
+    assert (row["n_samples"], row["status"], row["sample_rate"]) == (1600, "ok", 16000)
+    assert "/" not in path.name and path.parent.name == cell.id
+
+
+def test_same_audio_same_file_bytes(store, cell):
+    # No timestamps in the file: identical audio must hash identically across runs.
+    audio = np.linspace(-0.5, 0.5, 800, dtype=np.float32)
+    store.write_sample(_record(cell, seed=0), audio, 16000)
+    store.write_sample(_record(cell, seed=1), audio, 16000)
+    first, second = store.samples()
+    assert first["audio_sha256"] == second["audio_sha256"]
+
+
+def test_failed_write_leaves_no_row_and_no_partial_file(store, cell, monkeypatch):
+    def broken_write(fh, *args, **kwargs):
+        fh.write(b"RIFF half a header")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("harness.store.wavfile.write", broken_write)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_sample(_record(cell), np.zeros(100, np.float32), 16000)
+    assert store.samples() == []
+    leftovers = list((store.root / "audio").rglob("*"))
+    assert all(p.is_dir() or p.suffix == ".tmp" for p in leftovers)
+    store.close()
+    reopened = RunStore(store.root)  # a new writer sweeps the partial file away
+    assert [p for p in (store.root / "audio").rglob("*") if p.is_file()] == []
+    reopened.close()
+
+
+def test_failed_samples_are_rows_with_errors(store, cell):
+    store.write_sample(_record(cell, status="failed", error="OutOfMemoryError: CUDA"), None, 16000)
+    row = store.samples()[0]
+    assert (row["status"], row["error"], row["audio_path"]) == ("failed", "OutOfMemoryError: CUDA", None)
+    assert store.done_keys() == {(cell.id, "p/1 odd", 0)}
+    assert store.done_keys(include_failed=False) == set()
+
+
+def test_prompt_text_change_is_refused(store, cell):
+    store.write_sample(_record(cell), np.zeros(10, np.float32), 16000)
+    store.check_prompts({"p/1 odd": ("a prompt", None), "other": ("x", None)})
+    with pytest.raises(StoreError, match="prompt text changed for ids p/1 odd"):
+        store.check_prompts({"p/1 odd": ("a different prompt", None)})
+
+
+def test_wal_mode_and_schema_version(store, tmp_path):
+    db = sqlite3.connect(store.root / "run.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema 99"):
+        RunStore(store.root)
+
+
+def test_distinct_ids_get_distinct_files(store, cell):
+    paths = {store.audio_path(cell.id, pid, 0) for pid in ["a/b", "a_b", "a b", "a:b"]}
+    assert len(paths) == 4
