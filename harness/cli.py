@@ -27,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
+    bench = sub.add_parser("bench", help="measure per-stage latency and memory of every cell")
+    bench.add_argument("config", help="sweep TOML file (its [latency] table sets the protocol)")
+    bench.add_argument("--run-dir", help="run folder (default: runs/<sweep name>)")
+    bench.add_argument("--warmup", type=int, help="warm-up calls, excluded (>= 1)")
+    bench.add_argument("--repeats", type=int, help="timed calls per cell (>= 2)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the separate memory pass")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_cmd_bench)
+
     ck = sub.add_parser("checkpoints", help="list checkpoints, build the built-in tiny ones")
     ck_sub = ck.add_subparsers(dest="action", required=True)
     ck_sub.add_parser("list", help="the published and built-in checkpoints").set_defaults(func=_cmd_checkpoints_list)
@@ -56,6 +65,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     print_summary(result)
     return EXIT_FAILURES if result.report.failed or result.report.cell_errors else EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import bench_sweep
+    from harness.summary import print_bench
+
+    if args.warmup is not None and args.warmup < 1:
+        raise ValueError(f"--warmup must be >= 1 (the first call is always a warm-up), got {args.warmup}")
+    if args.repeats is not None and args.repeats < 2:
+        raise ValueError(f"--repeats must be >= 2, got {args.repeats}")
+    result = bench_sweep(args.config, args.run_dir, progress=not args.no_progress, warmup=args.warmup,
+                         repeats=args.repeats, memory=False if args.no_memory else None)
+    print_bench(result)
+    return EXIT_FAILURES if result.cell_errors else EXIT_OK
 
 
 def _cmd_checkpoints_list(args: argparse.Namespace) -> int:

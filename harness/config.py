@@ -34,6 +34,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+AttentionBackend = Literal["sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "eager"]
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+_CUDA_ONLY_BACKENDS = {"sdpa-flash", "sdpa-efficient", "sdpa-cudnn"}
+
+
+class RuntimeOptions(_Strict):
+    """How a pipeline runs; part of a cell's identity (they can change numerics)."""
+
+    attention_backend: AttentionBackend = "sdpa"
+    compile: CompileMode = "none"
+    cpu_offload: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+
+
+def check_runtime(options: RuntimeOptions, device: str) -> None:
+    """Raise ValueError naming the first option that does not apply on ``device``."""
+    on_cuda = device.startswith("cuda")
+    if options.attention_backend in _CUDA_ONLY_BACKENDS and not on_cuda:
+        raise ValueError(
+            f"attention_backend {options.attention_backend!r} needs a CUDA device (device is "
+            f"{device!r}); on CPU use 'sdpa', 'sdpa-math' or 'eager'"
+        )
+    if options.cpu_offload and not on_cuda:
+        raise ValueError(f"cpu_offload needs a CUDA device (device is {device!r}); set cpu_offload = false")
+    if options.compile == "reduce-overhead" and not on_cuda:
+        raise ValueError(
+            f"compile 'reduce-overhead' uses CUDA graphs and needs a CUDA device (device is {device!r})"
+        )
+
+
 class CheckpointSpec(_Strict):
     """A checkpoint id (hub id, built-in name or local folder) and optional hub revision."""
 
@@ -78,6 +110,20 @@ class PromptsSpec(_Strict):
     limit: int | None = Field(default=None, gt=0)
 
 
+class LatencySpec(_Strict):
+    """The latency protocol of ``bench``: warm-up calls, timed repetitions, memory pass, batches."""
+
+    warmup: int = Field(default=1, ge=1)
+    repeats: int = Field(default=5, ge=2)
+    memory: bool = True
+    batch_sizes: list[int] = Field(default=[1], min_length=1)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        return _unique([_positive(v, "latency.batch_sizes", strict=True) for v in values], "latency.batch_sizes")
+
+
 def _unique(values: list, key: str) -> list:
     seen, dupes = set(), []
     for v in values:
@@ -104,6 +150,12 @@ class SweepSpec(_Strict):
     audio_lengths_s: list[float] = Field(default=[10.24], min_length=1)
     seeds: list[int] = Field(default=[0], min_length=1)
     prompts: PromptsSpec
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+    attention_backends: list[AttentionBackend] = Field(default=["sdpa"], min_length=1)
+    compile_modes: list[CompileMode] = Field(default=["none"], min_length=1)
+    cpu_offload: list[bool] = Field(default=[False], min_length=1)
+    vae_slicing: list[bool] = Field(default=[False], min_length=1)
+    vae_tiling: list[bool] = Field(default=[False], min_length=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     batch_size: int = Field(default=1, gt=0)
     allow_unsafe_schedulers: bool = False
@@ -136,7 +188,8 @@ class SweepSpec(_Strict):
     def _seeds(cls, values: list[int]) -> list[int]:
         return _unique([_positive(v, "seeds", strict=False) for v in values], "seeds")
 
-    @field_validator("checkpoints", "schedulers", "dtypes", "negative_prompts")
+    @field_validator("checkpoints", "schedulers", "dtypes", "negative_prompts", "attention_backends",
+                     "compile_modes", "cpu_offload", "vae_slicing", "vae_tiling")
     @classmethod
     def _no_duplicates(cls, values: list, info) -> list:
         return _unique(values, info.field_name)
@@ -178,6 +231,7 @@ class Cell(_Strict):
     guidance_scale: float
     negative_prompt: str
     audio_length_s: float
+    runtime: RuntimeOptions
     versions: dict[str, str]
 
     @property
@@ -192,7 +246,7 @@ class Cell(_Strict):
     @property
     def load_key(self) -> tuple:
         """Cells sharing this key share one loaded pipeline."""
-        return (self.checkpoint, self.revision, self.dtype, self.device)
+        return (self.checkpoint, self.revision, self.dtype, self.device, self.runtime)
 
     @property
     def label(self) -> str:
@@ -204,16 +258,26 @@ def expand(spec: SweepSpec, device: str) -> list[Cell]:
     """All cells of the grid, in an order that keeps cells sharing a pipeline adjacent."""
     versions = output_versions()
     grid = itertools.product(
-        spec.checkpoints, spec.dtypes, spec.schedulers, spec.steps,
+        spec.checkpoints, spec.dtypes, runtime_variants(spec), spec.schedulers, spec.steps,
         spec.guidance_scales, spec.negative_prompts, spec.audio_lengths_s,
     )
     return [
         Cell(
             checkpoint=ck.id, revision=ck.revision, dtype=dt, device=device, scheduler=sc.name,
             scheduler_type=sc.kind, scheduler_options=sc.options, steps=st, guidance_scale=float(g),
-            negative_prompt=neg, audio_length_s=float(length), versions=versions,
+            negative_prompt=neg, audio_length_s=float(length), runtime=rt, versions=versions,
         )
-        for ck, dt, sc, st, g, neg, length in grid
+        for ck, dt, rt, sc, st, g, neg, length in grid
+    ]
+
+
+def runtime_variants(spec: SweepSpec) -> list[RuntimeOptions]:
+    """Every combination of the sweep's runtime-option lists."""
+    return [
+        RuntimeOptions(attention_backend=a, compile=c, cpu_offload=o, vae_slicing=s, vae_tiling=t)
+        for a, c, o, s, t in itertools.product(
+            spec.attention_backends, spec.compile_modes, spec.cpu_offload, spec.vae_slicing, spec.vae_tiling
+        )
     ]
 
 

@@ -1,9 +1,20 @@
-"""Stage timers. Knows nothing of AudioLDM 2: it times named spans and module forwards.
+"""Trackers for named stages: time and memory. Knows nothing of AudioLDM 2.
 
-On CUDA each span records a pair of CUDA events and nothing synchronizes until ``results()``
-is read, so timing never stalls the GPU queue inside the denoising loop; on CPU spans use
-``time.perf_counter``. Nested names use ``/`` ("encode/t5"); top-level spans are disjoint and
-tile the call, so they add up to the end-to-end time.
+Every tracker has ``stage(name)`` (a context manager) and ``hook_module(module, name)`` (time
+or measure each forward of a module), so the code being measured is written once and a
+latency pass and a memory pass just hand it different trackers; memory tracking never runs
+inside a timed pass.
+
+Names nest with ``/`` ("encode/t5"); top-level stages are disjoint and tile the call.
+
+Timing: on CUDA each span records a pair of CUDA events and nothing synchronizes until
+``results()``, so timing never stalls the GPU queue inside the denoising loop; on CPU spans
+use ``time.perf_counter``.
+
+Memory, three kinds, never mixed: on CUDA ``allocated`` and ``reserved`` peaks from the
+caching allocator (reset at each stage boundary) and ``nvml_used`` (device-wide memory in use
+by every process, from NVML, read at the end of each stage); on CPU the process's peak
+resident set size (Linux VmHWM, reset at each stage boundary through /proc/self/clear_refs).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -40,51 +52,196 @@ class _CudaClock:
         torch.cuda.synchronize()
 
 
-class StageTimer:
-    """Collects named spans; ``results()`` returns seconds per name (summed over repeats)."""
+def _is_cuda(device: str | torch.device) -> bool:
+    return str(device).startswith("cuda")
 
-    def __init__(self, device: str = "cpu") -> None:
-        self._clock = _CudaClock() if str(device).startswith("cuda") else _CpuClock()
-        self._spans: list[tuple[str, object, object]] = []
+
+class Tracker:
+    """Base: subclasses implement ``_enter(name)`` and ``_exit(name, token)``."""
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time the enclosed block under ``name``."""
-        start = self._clock.mark()
+        """Track the enclosed block under ``name``."""
+        token = self._enter(name)
         try:
             yield
         finally:
-            self._spans.append((name, start, self._clock.mark()))
+            self._exit(name, token)
 
     def hook_module(self, module: torch.nn.Module, name: str) -> list:
-        """Time every forward of ``module`` under ``name``; returns handles to remove the hooks."""
-        starts: list[object] = []
+        """Track every forward of ``module`` under ``name``; returns handles for remove_hooks."""
+        tokens: list[object] = []
 
         def pre(*_args, **_kwargs) -> None:
-            starts.append(self._clock.mark())
+            tokens.append(self._enter(name))
 
         def post(*_args, **_kwargs) -> None:
-            self._spans.append((name, starts.pop(), self._clock.mark()))
+            self._exit(name, tokens.pop())
 
         return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
-    def results(self) -> dict[str, float]:
-        """Seconds per stage name, summed over repeats (synchronizes once on CUDA)."""
+    def _enter(self, name: str) -> object:
+        return None
+
+    def _exit(self, name: str, token: object) -> None:
+        pass
+
+
+class NullTracker(Tracker):
+    """Tracks nothing: for calls whose cost is not being measured."""
+
+
+class StageTimer(Tracker):
+    """Collects timed spans; ``results()`` returns seconds per name (summed over repeats)."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self._clock = _CudaClock() if _is_cuda(device) else _CpuClock()
+        self._spans: list[tuple[str, object, object]] = []
+
+    def _enter(self, name: str) -> object:
+        return self._clock.mark()
+
+    def _exit(self, name: str, token: object) -> None:
+        self._spans.append((name, token, self._clock.mark()))
+
+    def durations(self) -> dict[str, list[float]]:
+        """Seconds of every span per name, in order (synchronizes once on CUDA)."""
         self._clock.sync()
-        totals: dict[str, float] = defaultdict(float)
+        out: dict[str, list[float]] = defaultdict(list)
         for name, start, end in self._spans:
-            totals[name] += self._clock.seconds(start, end)
-        return dict(totals)
+            out[name].append(self._clock.seconds(start, end))
+        return dict(out)
+
+    def results(self) -> dict[str, float]:
+        """Seconds per stage name, summed over repeats."""
+        return {name: sum(values) for name, values in self.durations().items()}
 
     def counts(self) -> dict[str, int]:
         """How many spans were recorded per name."""
-        counts: dict[str, int] = defaultdict(int)
-        for name, _, _ in self._spans:
-            counts[name] += 1
-        return dict(counts)
+        return {name: len(values) for name, values in self.durations().items()}
+
+
+class _PeakTracker(Tracker):
+    """Peak counters that can only be reset globally, made correct for nested stages.
+
+    Before every reset the current peak is folded into each open stage's running maximum, so
+    an inner stage's reset never hides an outer stage's earlier peak.
+    """
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, dict[str, int]] = {}
+        self._open: list[tuple[str, dict[str, int]]] = []
+
+    def _read(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _fold(self) -> None:
+        current = self._read()
+        for _, running in self._open:
+            for key, value in current.items():
+                running[key] = max(running.get(key, 0), value)
+
+    def _enter(self, name: str) -> object:
+        self._fold()
+        self._reset()
+        self._open.append((name, {}))
+        return None
+
+    def _exit(self, name: str, token: object) -> None:
+        self._fold()
+        _, running = self._open.pop()
+        previous = self.peaks.get(name, {})
+        self.peaks[name] = {k: max(v, previous.get(k, 0)) for k, v in running.items()}
+
+    def results(self) -> dict[str, dict[str, int]]:
+        """Peak bytes per stage name and memory kind."""
+        return {name: dict(values) for name, values in self.peaks.items()}
+
+
+class CudaMemoryTracker(_PeakTracker):
+    """Per-stage peak allocated / peak reserved bytes (caching allocator) and NVML device use."""
+
+    def __init__(self, device: str | torch.device = "cuda") -> None:
+        super().__init__()
+        self.device = torch.device(device)
+        self._nvml = _nvml_handle(self.device)
+
+    def _reset(self) -> None:
+        # The allocator's statistics are kept on the host at allocation time: no synchronize.
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _read(self) -> dict[str, int]:
+        torch.cuda.synchronize(self.device)  # memory pass only: the queued work must have run
+        values = {
+            "allocated_peak_bytes": torch.cuda.max_memory_allocated(self.device),
+            "reserved_peak_bytes": torch.cuda.max_memory_reserved(self.device),
+        }
+        if self._nvml is not None:
+            import pynvml
+
+            values["nvml_used_bytes"] = int(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
+        return values
+
+
+def _nvml_handle(device: torch.device):
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+    except Exception:  # noqa: BLE001 - NVML is optional: no figure rather than a wrong one
+        return None
+
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")  # Linux: reset the peak RSS counter (VmHWM) to current RSS
+        return True
+    except OSError:
+        return False
+
+
+class CpuMemoryTracker(_PeakTracker):
+    """Per-stage peak resident set size of this process (Linux VmHWM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resettable = _reset_hwm()
+        # Where the counter cannot be reset, say so in the label rather than mislabel the figure.
+        self._label = "rss_peak_bytes" if self.resettable else "rss_peak_since_start_bytes"
+
+    def _reset(self) -> None:
+        if self.resettable:
+            _reset_hwm()
+
+    def _read(self) -> dict[str, int]:
+        value = _vm_hwm_bytes()
+        return {} if value is None else {self._label: value}
+
+
+def memory_tracker(device: str | torch.device) -> CudaMemoryTracker | CpuMemoryTracker:
+    """The memory tracker that applies to ``device``."""
+    return CudaMemoryTracker(device) if _is_cuda(device) else CpuMemoryTracker()
 
 
 def remove_hooks(handles: list) -> None:
-    """Remove hooks returned by ``StageTimer.hook_module``."""
+    """Remove hooks returned by ``Tracker.hook_module``."""
     for handle in handles:
         handle.remove()

@@ -15,7 +15,7 @@ from pathlib import Path
 import filelock
 
 from harness.checkpoints.registry import describe
-from harness.config import Cell, ConfigError, SweepSpec, expand, load_spec
+from harness.config import Cell, ConfigError, SweepSpec, check_runtime, expand, load_spec
 from harness.data.prompts import Prompt, PromptSet, load_prompt_set
 from harness.environment import fingerprint, resolve_device
 from harness.execute.local import Batch, ExecutionReport, LocalExecutor, WorkItem
@@ -95,8 +95,9 @@ def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_fa
     for cell in cells:
         try:
             check_device_dtype(cell.dtype, cell.device)
+            check_runtime(cell.runtime, cell.device)
         except ValueError as err:
-            raise ConfigError(f"{config}: dtypes: {err}") from None
+            raise ConfigError(f"{config}: {err}") from None
     prompts = load_prompt_set(spec.prompts.set)
     run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
     lock = acquire_lock(run_dir)

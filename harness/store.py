@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS samples (
     created_at REAL NOT NULL,
     PRIMARY KEY (cell_id, prompt_id, seed)
 );
+CREATE TABLE IF NOT EXISTS measurements (
+    cell_id TEXT NOT NULL REFERENCES cells(id),
+    batch_size INTEGER NOT NULL,
+    kind TEXT NOT NULL,      -- 'latency' (seconds), 'memory' (bytes), 'headline', 'environment'
+    stage TEXT NOT NULL,     -- e.g. total, encode, encode/t5, denoise, denoise/step, vae_decode, vocoder
+    metric TEXT NOT NULL,    -- median, p90, p99, mean, std, n | allocated_peak_bytes, ... | rtf, ...
+    value REAL NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (cell_id, batch_size, kind, stage, metric)
+);
 """
 
 
@@ -152,7 +162,8 @@ class RunStore:
         rows = [
             (c.id, c.checkpoint, c.revision, c.dtype, c.device, c.scheduler, c.scheduler_type,
              json.dumps(c.scheduler_options, sort_keys=True), c.steps, c.guidance_scale,
-             c.negative_prompt, c.audio_length_s, json.dumps(runtime_options, sort_keys=True),
+             c.negative_prompt, c.audio_length_s,
+             json.dumps({**c.runtime.model_dump(), **runtime_options}, sort_keys=True),
              json.dumps(c.versions, sort_keys=True), c.canonical_json(), now)
             for c in cells
         ]
@@ -212,6 +223,25 @@ class RunStore:
         digest = sha256_file(tmp)
         os.replace(tmp, path)
         return digest
+
+    def write_measurements(self, cell_id: str, batch_size: int,
+                           rows: Iterable[tuple[str, str, str, float]]) -> None:
+        """Replace (kind, stage, metric, value) rows of one cell and batch size."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?)",
+                [(cell_id, batch_size, kind, stage, metric, float(value), now)
+                 for kind, stage, metric, value in rows],
+            )
+
+    def measurements(self) -> list[dict[str, Any]]:
+        """All measurement rows joined with their cell's settings, as dicts."""
+        rows = self.db.execute(
+            "SELECT m.*, c.checkpoint, c.scheduler, c.steps, c.dtype, c.audio_length_s, c.runtime_options "
+            "FROM measurements m JOIN cells c ON c.id = m.cell_id"
+        )
+        return [dict(r) for r in rows]
 
     def samples(self) -> list[dict[str, Any]]:
         """All sample rows joined with their cell's settings, as dicts."""

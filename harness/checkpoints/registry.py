@@ -45,10 +45,28 @@ BUILTIN: dict[str, CheckpointInfo] = {
         builtin=True,
     ),
     "tiny-speech": CheckpointInfo(
-        "tiny-speech", "speech", "built-in tiny speech pipeline (CLAP + VITS), random weights",
-        needs_transcription=True, max_new_tokens=512, builtin=True,
+        "tiny-speech", "speech",
+        "built-in tiny speech pipeline (CLAP + VITS), random weights; 64 GPT-2 tokens (not 512) for speed",
+        needs_transcription=True, max_new_tokens=64, builtin=True,
     ),
 }
+
+
+RANDOM_PREFIX = "random:"
+
+# Random weights with exactly a published architecture (random_full.py): latency and memory
+# without a download. Same task and call-time inputs as the checkpoint they copy.
+BUILTIN.update(
+    {
+        RANDOM_PREFIX + c.id: CheckpointInfo(
+            RANDOM_PREFIX + c.id, c.task,
+            f"random weights, architecture of {c.id} (no download; for latency and memory)",
+            needs_transcription=c.needs_transcription, max_new_tokens=c.max_new_tokens,
+            builtin=True,
+        )
+        for c in PUBLISHED.values()
+    }
+)
 
 
 class CheckpointError(ValueError):

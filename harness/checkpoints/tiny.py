@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import string
 import tempfile
 from collections import Counter
@@ -25,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
-from filelock import FileLock
+
+from harness.checkpoints._cache import cached_folder
 
 if TYPE_CHECKING:
     from diffusers import AudioLDM2Pipeline
@@ -453,35 +452,22 @@ def save_tiny_checkpoint(family: str, out_dir: Path, seed: int = 0) -> Path:
     _check_family(family)
     out_dir = Path(out_dir)
     pipe = build_tiny_pipeline(family, seed)
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Writing model shards" bars per component
+    try:
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        transformers_logging.enable_progress_bar()
     _write_published_tokenizer_names(family, out_dir)
     return out_dir
-
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get("AUDIOLDM2_HARNESS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "audioldm2-harness"
 
 
 def tiny_checkpoint_path(family: str, cache_dir: Path | None = None) -> Path:
     """Return the cached tiny ``family`` checkpoint folder (seed 0), building it once if absent."""
     _check_family(family)
-    root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    target = root / f"tiny-{family}-{TINY_VERSION}"
-    if (target / "model_index.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{target.name}.lock")):
-        if (target / "model_index.json").is_file():  # another process built it meanwhile
-            return target
-        if target.exists():  # left incomplete by hand; the rename below needs it gone
-            shutil.rmtree(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-        try:
-            save_tiny_checkpoint(family, tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it 0700
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+    return cached_folder(
+        f"tiny-{family}-{TINY_VERSION}",
+        lambda tmp: save_tiny_checkpoint(family, tmp),
+        cache_dir,
+    )

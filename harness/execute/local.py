@@ -96,7 +96,7 @@ class LocalExecutor:
         return report
 
     def _prepare(self, cell: Cell) -> LoadedPipeline:
-        loaded = self.pipelines.get(cell.checkpoint, cell.revision, cell.dtype, cell.device)
+        loaded = self.pipelines.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)
         loaded.pipe.scheduler = build_scheduler(
             cell.scheduler_type, cell.scheduler_options, loaded.base_scheduler, self.allow_unsafe
         )
@@ -128,11 +128,13 @@ class LocalExecutor:
         for item in batch:
             key = ConditioningKey(item.prompt.text, item.prompt.transcription if loaded.info.needs_transcription
                                   else None, cell.negative_prompt, guided, loaded.info.max_new_tokens)
-            cond, was_cached = self.conditioning.get(pipe, key, timer)
+            with loaded.call_context():
+                cond, was_cached = self.conditioning.get(pipe, key, timer)
             conds.append(cond)
             cached.append(was_cached)
-        audio = generate(pipe, stack(conds, guided), [i.seed for i in batch], cell.steps,
-                         cell.guidance_scale, cell.audio_length_s, timer)
+        with loaded.call_context():
+            audio = generate(pipe, stack(conds, guided), [i.seed for i in batch], cell.steps,
+                             cell.guidance_scale, cell.audio_length_s, timer)
         timings = {**timer.results(), "total": time.perf_counter() - start, "denoise_steps": cell.steps}
         return audio, timings, cached
 

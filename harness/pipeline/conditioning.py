@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.instrument import StageTimer, remove_hooks
+from harness.instrument import NullTracker, Tracker, remove_hooks
 
 
 @dataclass(frozen=True)
@@ -35,25 +35,25 @@ class ConditioningKey:
     max_new_tokens: int | None
 
 
-def _hook_encoders(pipe, timer: StageTimer) -> list:
+def _hook_encoders(pipe, tracker: Tracker) -> list:
     clap = pipe.text_encoder
     second = pipe.text_encoder_2
     second_name = "encode/vits" if second.config.model_type == "vits" else "encode/t5"
     second_module = getattr(second, "text_encoder", second) if second_name == "encode/vits" else second
-    handles = timer.hook_module(clap.text_model, "encode/clap_text")
-    handles += timer.hook_module(clap.text_projection, "encode/clap_text")
-    handles += timer.hook_module(second_module, second_name)
-    handles += timer.hook_module(pipe.projection_model, "encode/projection")
-    handles += timer.hook_module(pipe.language_model, "encode/language_model")
+    handles = tracker.hook_module(clap.text_model, "encode/clap_text")
+    handles += tracker.hook_module(clap.text_projection, "encode/clap_text")
+    handles += tracker.hook_module(second_module, second_name)
+    handles += tracker.hook_module(pipe.projection_model, "encode/projection")
+    handles += tracker.hook_module(pipe.language_model, "encode/language_model")
     return handles
 
 
-def encode(pipe, key: ConditioningKey, timer: StageTimer | None = None) -> Conditioning:
+def encode(pipe, key: ConditioningKey, tracker: Tracker | None = None) -> Conditioning:
     """Encode one prompt with the pipeline's own encode_prompt (negative first when guided)."""
-    timer = timer or StageTimer(str(pipe.device))
-    handles = _hook_encoders(pipe, timer)
+    tracker = tracker or NullTracker()
+    handles = _hook_encoders(pipe, tracker)
     try:
-        with timer.stage("encode"):
+        with tracker.stage("encode"):
             embeds, mask, generated = pipe.encode_prompt(
                 prompt=[key.prompt],
                 device=pipe._execution_device,
@@ -78,7 +78,7 @@ class ConditioningCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, pipe, key: ConditioningKey, timer: StageTimer | None = None) -> tuple[Conditioning, bool]:
+    def get(self, pipe, key: ConditioningKey, tracker: Tracker | None = None) -> tuple[Conditioning, bool]:
         """Return (conditioning, was_cached); entries are dropped when the pipeline changes."""
         if pipe is not self._owner:
             self._store.clear()
@@ -87,7 +87,7 @@ class ConditioningCache:
             self.hits += 1
             return self._store[key], True
         self.misses += 1
-        cond = encode(pipe, key, timer)
+        cond = encode(pipe, key, tracker)
         if self.enabled:
             self._store[key] = cond
         return cond, False

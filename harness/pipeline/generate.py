@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from harness.instrument import StageTimer
+from harness.instrument import NullTracker, Tracker
 from harness.pipeline.conditioning import Conditioning
 
 
@@ -38,7 +38,7 @@ def latent_height(pipe, audio_length_s: float) -> tuple[int, int]:
 
 @torch.no_grad()
 def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: int,
-            guidance_scale: float, height: int, timer: StageTimer) -> torch.Tensor:
+            guidance_scale: float, height: int, tracker: Tracker) -> torch.Tensor:
     """The UNet loop of AudioLDM2Pipeline.__call__ on a batch; returns final latents."""
     guided = guidance_scale > 1.0
     device = pipe._execution_device
@@ -48,7 +48,7 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
     )
     extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
     for t in pipe.scheduler.timesteps:
-        with timer.stage("denoise/step"):
+        with tracker.stage("denoise/step"):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             noise = pipe.unet(
@@ -66,20 +66,20 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
 
 
 @torch.no_grad()
-def decode(pipe, latents: torch.Tensor, keep: int, timer: StageTimer) -> np.ndarray:
+def decode(pipe, latents: torch.Tensor, keep: int, tracker: Tracker) -> np.ndarray:
     """VAE decode and vocoder; returns float32 waveforms of shape (batch, keep)."""
-    with timer.stage("vae_decode"):
+    with tracker.stage("vae_decode"):
         mel = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    with timer.stage("vocoder"):
+    with tracker.stage("vocoder"):
         audio = pipe.mel_spectrogram_to_waveform(mel)[:, :keep]
     return audio.numpy().astype(np.float32, copy=False)
 
 
 def generate(pipe, cond: Conditioning, seeds: list[int], steps: int, guidance_scale: float,
-             audio_length_s: float, timer: StageTimer | None = None) -> np.ndarray:
+             audio_length_s: float, tracker: Tracker | None = None) -> np.ndarray:
     """Generate one waveform per seed from a stacked conditioning (see conditioning.stack)."""
-    timer = timer or StageTimer(str(pipe.device))
+    tracker = tracker or NullTracker()
     height, keep = latent_height(pipe, audio_length_s)
-    with timer.stage("denoise"):
-        latents = denoise(pipe, cond, generators_for(seeds), steps, guidance_scale, height, timer)
-    return decode(pipe, latents, keep, timer)
+    with tracker.stage("denoise"):
+        latents = denoise(pipe, cond, generators_for(seeds), steps, guidance_scale, height, tracker)
+    return decode(pipe, latents, keep, tracker)

@@ -15,7 +15,9 @@ from diffusers import AudioLDM2Pipeline
 from diffusers.utils import logging as diffusers_logging
 
 from harness.checkpoints.registry import BUILTIN, CheckpointError, CheckpointInfo, describe
+from harness.config import RuntimeOptions
 from harness.pipeline.language_model import patch_pipeline
+from harness.pipeline.runtime import apply_runtime, attention_context
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -29,6 +31,11 @@ class LoadedPipeline:
     location: str
     load_seconds: float
     base_scheduler: Any = field(repr=False)  # the checkpoint's own scheduler, for from_config swaps
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+    def call_context(self):
+        """Context to wrap every pipeline call in (forced SDPA kernel, if any)."""
+        return attention_context(self.runtime)
 
 
 def check_device_dtype(dtype: str, device: str) -> None:
@@ -38,7 +45,14 @@ def check_device_dtype(dtype: str, device: str) -> None:
 
 
 def locate(checkpoint: str) -> str:
-    """Where from_pretrained should read: a built tiny folder, a local folder, or the hub id."""
+    """Where from_pretrained should read: a built tiny or random-weight folder, a local folder,
+    or the hub id."""
+    from harness.checkpoints.registry import RANDOM_PREFIX
+
+    if checkpoint.startswith(RANDOM_PREFIX):  # "random:<hub id>": built once into the cache
+        from harness.checkpoints.random_full import random_checkpoint_path
+
+        return str(random_checkpoint_path(checkpoint.removeprefix(RANDOM_PREFIX)))
     if checkpoint in BUILTIN:
         from harness.checkpoints.tiny import tiny_checkpoint_path
 
@@ -53,8 +67,12 @@ def _quiet_loading() -> Iterator[None]:
     # Their per-component progress bars are noise in a sweep's own progress display.
     from transformers.utils import logging as transformers_logging
 
+    import warnings
+
     previous = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
+    # `torch_dtype` is deprecated in new diffusers but `dtype` is unknown to older ones.
+    warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     try:
@@ -98,8 +116,10 @@ def check_phonemizer(pipe, checkpoint: str) -> None:
         )
 
 
-def load_pipeline(checkpoint: str, revision: str | None, dtype: str, device: str) -> LoadedPipeline:
-    """Load, put in eval mode, fix the language-model step and move to ``device``."""
+def load_pipeline(checkpoint: str, revision: str | None, dtype: str, device: str,
+                  runtime: RuntimeOptions | None = None) -> LoadedPipeline:
+    """Load, put in eval mode, fix the language-model step, apply runtime options, move to ``device``."""
+    runtime = runtime or RuntimeOptions()
     check_device_dtype(dtype, device)
     info = describe(checkpoint)
     location = locate(checkpoint)
@@ -116,9 +136,9 @@ def load_pipeline(checkpoint: str, revision: str | None, dtype: str, device: str
             component.eval()  # dropout in the text encoders and GPT-2 would change every output
     check_phonemizer(pipe, checkpoint)
     patch_pipeline(pipe)
-    pipe.to(device)
+    apply_runtime(pipe, runtime, device)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipe, info, location, time.perf_counter() - start, pipe.scheduler)
+    return LoadedPipeline(pipe, info, location, time.perf_counter() - start, pipe.scheduler, runtime)
 
 
 class PipelineCache:
@@ -129,12 +149,13 @@ class PipelineCache:
         self._loaded: LoadedPipeline | None = None
         self.loads = 0
 
-    def get(self, checkpoint: str, revision: str | None, dtype: str, device: str) -> LoadedPipeline:
+    def get(self, checkpoint: str, revision: str | None, dtype: str, device: str,
+            runtime: RuntimeOptions | None = None) -> LoadedPipeline:
         """Return the loaded pipeline for this key, loading it (and dropping the previous) if needed."""
-        key = (checkpoint, revision, dtype, device)
+        key = (checkpoint, revision, dtype, device, runtime)
         if key != self._key:
             self._loaded = None  # free the previous pipeline before loading the next
-            self._loaded = load_pipeline(checkpoint, revision, dtype, device)
+            self._loaded = load_pipeline(checkpoint, revision, dtype, device, runtime)
             self._key = key
             self.loads += 1
         return self._loaded
