@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_bench)
 
+    gv = sub.add_parser("gpu-validate", help="stage table of the full-size base architecture on a GPU")
+    gv.add_argument("--out", help="also write the Markdown table to this file")
+    gv.add_argument("--repeats", type=int, default=5, help="timed calls per cell")
+    gv.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    gv.set_defaults(func=_cmd_gpu_validate)
+
     ck = sub.add_parser("checkpoints", help="list checkpoints, build the built-in tiny ones")
     ck_sub = ck.add_subparsers(dest="action", required=True)
     ck_sub.add_parser("list", help="the published and built-in checkpoints").set_defaults(func=_cmd_checkpoints_list)
@@ -79,6 +85,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          repeats=args.repeats, memory=False if args.no_memory else None)
     print_bench(result)
     return EXIT_FAILURES if result.cell_errors else EXIT_OK
+
+
+def _cmd_gpu_validate(args: argparse.Namespace) -> int:
+    from harness.gpu_validate import validate
+
+    results, table = validate(repeats=args.repeats, compile_modes=("none",) if args.no_compile else ("none", "default"))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table)
+    return EXIT_FAILURES if any(r.cell_errors for r in results) else EXIT_OK
 
 
 def _cmd_checkpoints_list(args: argparse.Namespace) -> int:

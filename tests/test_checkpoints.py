@@ -82,7 +82,7 @@ def test_fp16_on_cpu_is_refused_by_name():
 
 
 def test_builtin_names():
-    assert set(BUILTIN) == {"tiny-audio", "tiny-speech"}
+    assert set(BUILTIN) == {"tiny-audio", "tiny-speech", *(f"random:{i}" for i in PUBLISHED_IDS)}
     assert BUILTIN["tiny-speech"].needs_transcription
 
 

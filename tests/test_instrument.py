@@ -1,0 +1,101 @@
+"""Trackers: timing spans, CPU peak RSS per stage (with nesting), CUDA memory (GPU only)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from harness.instrument import CpuMemoryTracker, CudaMemoryTracker, NullTracker, StageTimer, remove_hooks
+
+MIB = 2**20
+
+
+def test_timer_spans_and_repeats():
+    timer = StageTimer("cpu")
+    with timer.stage("outer"):
+        for _ in range(3):
+            with timer.stage("outer/inner"):
+                time.sleep(0.02)
+    durations = timer.durations()
+    assert len(durations["outer/inner"]) == 3 and timer.counts() == {"outer/inner": 3, "outer": 1}
+    assert all(0.015 <= d < 0.5 for d in durations["outer/inner"])
+    assert timer.results()["outer"] >= timer.results()["outer/inner"]
+
+
+def test_module_hooks_time_each_forward_and_detach():
+    timer = StageTimer("cpu")
+    layer = torch.nn.Linear(4, 4)
+    handles = timer.hook_module(layer, "linear")
+    layer(torch.ones(1, 4))
+    layer(torch.ones(1, 4))
+    remove_hooks(handles)
+    layer(torch.ones(1, 4))
+    assert timer.counts() == {"linear": 2}
+
+
+def _touch(megabytes: int) -> np.ndarray:
+    block = np.ones(megabytes * MIB // 8)  # ones, not empty: pages must really be resident
+    return block
+
+
+def test_cpu_peak_rss_per_stage_resets_between_stages():
+    tracker = CpuMemoryTracker()
+    assert tracker.resettable, "Linux /proc/self/clear_refs should be writable by the process"
+    with tracker.stage("big"):
+        block = _touch(300)
+        del block
+    with tracker.stage("small"):
+        block = _touch(10)
+        del block
+    peaks = tracker.results()
+    assert peaks["big"]["rss_peak_bytes"] - peaks["small"]["rss_peak_bytes"] > 200 * MIB
+
+
+def test_cpu_nested_stage_does_not_hide_outer_peak():
+    tracker = CpuMemoryTracker()
+    with tracker.stage("outer"):
+        block = _touch(300)
+        del block
+        with tracker.stage("outer/inner"):  # resets the counter after the outer peak
+            small = _touch(5)
+            del small
+    peaks = tracker.results()
+    assert peaks["outer"]["rss_peak_bytes"] - peaks["outer/inner"]["rss_peak_bytes"] > 200 * MIB
+
+
+def test_null_tracker_records_nothing():
+    tracker = NullTracker()
+    with tracker.stage("x"):
+        pass
+    handles = tracker.hook_module(torch.nn.Identity(), "id")
+    remove_hooks(handles)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_memory_kinds_are_separate_and_reset_per_stage():
+    tracker = CudaMemoryTracker("cuda")
+    with tracker.stage("big"):
+        x = torch.empty(256 * MIB, dtype=torch.uint8, device="cuda")
+        del x
+    with tracker.stage("small"):
+        y = torch.empty(MIB, dtype=torch.uint8, device="cuda")
+        del y
+    peaks = tracker.results()
+    assert peaks["big"]["allocated_peak_bytes"] >= 256 * MIB > peaks["small"]["allocated_peak_bytes"]
+    assert peaks["big"]["reserved_peak_bytes"] >= peaks["big"]["allocated_peak_bytes"]
+    assert "nvml_used_bytes" in peaks["big"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_timer_uses_events_without_sync_inside():
+    timer = StageTimer("cuda")
+    a = torch.randn(2048, 2048, device="cuda")
+    with timer.stage("matmul"):
+        for _ in range(10):
+            a = a @ a / 2048
+    assert timer.results()["matmul"] > 0

@@ -1,0 +1,113 @@
+"""The latency protocol on the tiny checkpoint: stage sums, statistics, bench command."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from harness.bench import bench_sweep
+from harness.config import expand, parse_spec
+from harness.instrument import NullTracker, StageTimer
+from harness.measure import Protocol, measure_cell, one_call, stage_sum, summarize
+from harness.schedulers import build_scheduler
+
+
+@pytest.fixture
+def cell():
+    spec = parse_spec({"name": "m", "checkpoints": ["tiny-audio"], "steps": [6], "audio_lengths_s": [1.0],
+                       "prompts": {"set": "smoke"}})
+    return expand(spec, "cpu")[0]
+
+
+def test_stage_sum_matches_end_to_end_on_cpu(tiny_audio, cell):
+    tiny_audio.pipe.scheduler = build_scheduler("ddim", {}, tiny_audio.base_scheduler)
+    m = measure_cell(tiny_audio, cell, "rain on a roof", None, Protocol(warmup=1, repeats=3, memory=True), 1.5)
+    for total, *stages in zip(m.durations["total"], m.durations["encode"], m.durations["denoise"],
+                              m.durations["vae_decode"], m.durations["vocoder"]):
+        assert abs(sum(stages) - total) <= 0.02 * total
+    assert 0.98 <= m.headline()["stage_sum_over_total"] <= 1.0
+    assert m.steps_per_call == 6
+    assert set(m.durations) >= {"encode/clap_text", "encode/t5", "encode/projection", "encode/language_model",
+                                "denoise/step", "total"}
+    assert m.memory["denoise"]["rss_peak_bytes"] > 0
+    head = m.headline()
+    median = float(np.median(m.durations["total"]))
+    assert head["rtf"] == pytest.approx(median / 1.0) and head["throughput_audio_s_per_s"] == pytest.approx(1 / median)
+    assert head["load_s"] == 1.5 and "compile_s" not in head
+
+
+def test_summary_statistics_match_numpy():
+    values = [0.5, 0.1, 0.3, 0.9, 0.2, 0.4]
+    stats = summarize(values)
+    assert stats["median"] == pytest.approx(0.35) and stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["p90"] == pytest.approx(0.7) and stats["p99"] == pytest.approx(0.88)  # linear interpolation
+    assert stats["std"] == pytest.approx(np.std(values, ddof=1)) and stats["n"] == 6
+    assert stage_sum({"a": [1.0, 2.0], "a/b": [5.0], "total": [9.0], "c": [0.5]}) == 3.5
+
+
+def test_instrumentation_does_not_change_audio(tiny_audio, cell):
+    tiny_audio.pipe.scheduler = build_scheduler("ddim", {}, tiny_audio.base_scheduler)
+    timed = one_call(tiny_audio, cell, "wind", None, [3, 4], StageTimer("cpu"))
+    plain = one_call(tiny_audio, cell, "wind", None, [3, 4], NullTracker())
+    assert np.array_equal(timed, plain)
+
+
+def test_bench_command_stores_measurements(make_sweep, tmp_path):
+    config = make_sweep(schedulers=["ddim", "heun"], steps=[3], latency={"repeats": 2, "batch_sizes": [1, 2]})
+    result = bench_sweep(config, tmp_path / "run", progress=False)
+    assert not result.cell_errors and len(result.measurements) == 4
+    db = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM measurements")}
+    assert kinds == {"latency", "memory", "headline"}
+    heun_calls = db.execute(
+        "SELECT value FROM measurements m JOIN cells c ON c.id = m.cell_id "
+        "WHERE c.scheduler='heun' AND m.metric='unet_calls' AND m.batch_size=1").fetchone()[0]
+    assert heun_calls == 5  # Heun: 2 UNet calls per step but the last
+    medians = db.execute("SELECT COUNT(*) FROM measurements WHERE kind='latency' AND metric='median'").fetchone()[0]
+    assert medians >= 4 * 9
+
+
+def test_bench_refuses_options_that_do_not_apply_on_cpu(make_sweep, tmp_path):
+    from harness.config import ConfigError
+
+    for override, needle in [({"cpu_offload": [True]}, "cpu_offload needs a CUDA device"),
+                             ({"attention_backends": ["sdpa-flash"]}, "'sdpa-flash' needs a CUDA device"),
+                             ({"compile_modes": ["reduce-overhead"]}, "needs a CUDA device"),
+                             ({"dtypes": ["fp16"]}, "fp16")]:
+        with pytest.raises(ConfigError, match=needle):
+            bench_sweep(make_sweep(**override), tmp_path / "run", progress=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stage_sum_matches_end_to_end_on_cuda():
+    from harness.pipeline.load import load_pipeline
+
+    spec = parse_spec({"name": "m", "checkpoints": ["tiny-audio"], "steps": [10], "audio_lengths_s": [1.0],
+                       "prompts": {"set": "smoke"}, "device": "cuda"})
+    cell = expand(spec, "cuda")[0]
+    loaded = load_pipeline("tiny-audio", None, "fp32", "cuda")
+    m = measure_cell(loaded, cell, "rain", None, Protocol(warmup=2, repeats=5, memory=True))
+    assert 0.98 <= m.headline()["stage_sum_over_total"] <= 1.0
+    assert m.memory["denoise"]["allocated_peak_bytes"] > 0
+
+
+def test_gpu_validation_report_on_cpu_tiny(tmp_path):
+    from harness.gpu_validate import validate
+
+    results, table = validate("tiny-audio", "cpu", 1.0, pairs=[("dpmsolver++", 3), ("ddim", 4)], dtypes=("fp32",),
+                              compile_modes=("none",), repeats=2, run_dir=tmp_path)
+    assert len(results) == 2 and all(len(r.measurements) == 1 and not r.cell_errors for r in results)
+    rows = [line for line in table.splitlines() if line.startswith("| tiny-audio")]
+    assert len(rows) == 2 and "dpmsolver++/3st" in rows[0] and "ddim/4st" in rows[1]
+
+
+def test_gpu_validate_refuses_without_cuda(monkeypatch):
+    from harness.gpu_validate import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        validate()
