@@ -25,7 +25,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="samples per pipeline call (outputs do not depend on it)")
     run.add_argument("--no-conditioning-cache", action="store_true", help="re-encode prompts for every batch")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--shard", metavar="I/N",
+                     help="do only shard I of N (1-based, e.g. 2/4): a deterministic, cost-balanced part of "
+                          "the sweep; default run folder runs/<sweep name>/shard-I-of-N (join them with merge)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: this process (default); ray: actors on a Ray cluster, this process writes")
+    run.add_argument("--address", help="with --executor ray: the cluster to join (default: start a local one)")
+    run.add_argument("--workers", type=int,
+                     help="with --executor ray on CPU: number of one-CPU actors (default: the cluster's CPUs; "
+                          "on GPUs there is one actor per GPU)")
     run.set_defaults(func=_cmd_run)
+
+    merge = sub.add_parser("merge", help="combine run folders (e.g. the shards of a sweep) into one")
+    merge.add_argument("out", help="run folder to merge into (created if needed; merging again is a no-op)")
+    merge.add_argument("folders", nargs="+", metavar="SHARD_DIR", help="run folders to merge (only read)")
+    merge.add_argument("--allow-env-mismatch", action="store_true",
+                       help="merge folders recorded with different versions, git commit or device")
+    merge.add_argument("--copy", action="store_true", help="copy audio files instead of hard-linking them")
+    merge.set_defaults(func=_cmd_merge)
 
     bench = sub.add_parser("bench", help="measure per-stage latency and memory of every cell")
     bench.add_argument("config", help="sweep TOML file (its [latency] table sets the protocol)")
@@ -49,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--family", choices=["audio", "speech", "all"], default="all")
     tiny.add_argument("--out", help="write here instead of the cache folder")
     tiny.set_defaults(func=_cmd_build_tiny)
+    rnd = ck_sub.add_parser("build-random", help="write a random-weight checkpoint with a published architecture")
+    rnd.add_argument("--like", required=True, help="published id, e.g. cvssp/audioldm2")
+    rnd.add_argument("--out", help="write here instead of the cache folder")
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.set_defaults(func=_cmd_build_random)
+    info = ck_sub.add_parser("info", help="parameter counts per component against the published figures")
+    info.add_argument("--like", action="append", help="published id (repeatable; default: all five)")
+    info.set_defaults(func=_cmd_checkpoints_info)
 
     sch = sub.add_parser("schedulers", help="list the schedulers a sweep can use")
     sch.set_defaults(func=_cmd_schedulers)
@@ -57,6 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("spec", nargs="?", help="built-in name, audiocaps:PATH, musiccaps:PATH or a file")
     pr.add_argument("--limit", type=int, default=20)
     pr.set_defaults(func=_cmd_prompts)
+
+    sc = sub.add_parser("score", help="score a run's audio: FAD, KAD (vs a reference) and CLAP score")
+    sc.add_argument("run_dir", metavar="RUN", help="run folder")
+    sc.add_argument("--reference", required=True, metavar="DIR|cell:ID",
+                    help="folder of reference audio (any format soundfile reads), or cell:<id> of this run")
+    sc.add_argument("--embedder", default="mel", help="comma-separated embedders, e.g. mel,clap (default mel)")
+    sc.add_argument("--clap-model", help="hub id or local folder for the clap embedder (default laion/clap-htsat-fused)")
+    sc.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples over prompts for CIs (0: none)")
+    sc.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    sc.add_argument("--metrics", default="fad,kad,clap_score", help="comma-separated subset of fad,kad,clap_score")
+    sc.add_argument("--cells", help="comma-separated cell ids (unique prefixes ok); default: every cell")
+    sc.add_argument("--cache-dir", help="embedding cache folder, or 'run' for <RUN>/embeddings "
+                                        "(default $AUDIOLDM2_HARNESS_CACHE/embeddings)")
+    sc.add_argument("--min-duration", type=float, default=0.5, help="reference clips shorter than this are quarantined")
+    sc.add_argument("--device", default="cpu", help="device for model embedders: cpu, cuda[:N] or auto")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sc.set_defaults(func=_cmd_score)
     return parser
 
 
@@ -66,11 +108,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    shard = None
+    if args.shard is not None:
+        from harness.execute.shard import parse_shard
+
+        shard = parse_shard(args.shard)
+    if args.executor != "ray" and (args.address or args.workers):
+        raise ValueError("--address and --workers need --executor ray")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    options = {}
+    if args.executor == "ray":
+        from harness.execute.ray import import_ray
+
+        import_ray()  # fail now, with the install command, when Ray is missing
+        options = {"address": args.address, "workers": args.workers}
     result = run_sweep(args.config, args.run_dir, retry_failed=args.retry_failed,
                        batch_size=args.batch_size, conditioning_cache=not args.no_conditioning_cache,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, shard=shard, executor=args.executor,
+                       executor_options=options)
     print_summary(result)
+    if result.shard_note:
+        print(result.shard_note)
     return EXIT_FAILURES if result.report.failed or result.report.cell_errors else EXIT_OK
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from harness.merge import merge_runs
+
+    result = merge_runs(args.out, args.folders, allow_env_mismatch=args.allow_env_mismatch, copy=args.copy)
+    for warning in result.warnings:
+        print(f"audioldm2-harness merge: warning: {warning}", file=sys.stderr)
+    print(f"merged {len(result.sources)} folders: {result.samples_added} samples added, "
+          f"{result.samples_replaced} failed samples replaced by ok ones, {result.samples_unchanged} already there; "
+          f"{result.cells_added} cells, {result.measurements_added} measurements added; "
+          f"audio files: {result.files_linked} hard-linked, {result.files_copied} copied")
+    print(f"run folder: {Path(result.out).resolve()}")
+    return EXIT_OK
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -122,6 +196,32 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_build_random(args: argparse.Namespace) -> int:
+    from harness.checkpoints.random_full import random_checkpoint_path, save_random_checkpoint
+
+    if args.out:
+        path = save_random_checkpoint(args.like, Path(args.out), seed=args.seed)
+    else:
+        path = random_checkpoint_path(args.like)
+    print(f"random:{args.like}: {path}")
+    return EXIT_OK
+
+
+def _cmd_checkpoints_info(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from harness.checkpoints.random_full import LIKE, format_parameter_table
+
+    console = make_console()
+    for like in args.like or LIKE:
+        table = Table("component", "parameters", "published", "difference", title=f"{like} (architecture)")
+        for component, ours, published in format_parameter_table(like):
+            diff = f"{(ours - published) / published:+.2%}" if published else "-"
+            table.add_row(component, f"{ours / 1e6:,.1f}M", f"{published / 1e6:,.1f}M" if published else "-", diff)
+        console.print(table)
+    return EXIT_OK
+
+
 def _cmd_schedulers(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -150,6 +250,19 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
         extra = f"  [says: {p.transcription}]" if p.transcription else ""
         print(f"  {p.id}: {p.text}{extra}")
     return EXIT_OK
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from harness.score import print_scores, score_run
+
+    result = score_run(args.run_dir, args.reference, args.embedder, clap_model=args.clap_model,
+                       device=args.device, bootstrap=args.bootstrap, confidence=args.confidence,
+                       cells=args.cells.split(",") if args.cells else None,
+                       metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
+                       cache_dir=args.cache_dir, min_duration_s=args.min_duration,
+                       progress=not args.no_progress)
+    print_scores(result)
+    return EXIT_FAILURES if any(r["value"] is None for r in result.rows) else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

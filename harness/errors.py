@@ -5,9 +5,13 @@ from __future__ import annotations
 from harness.checkpoints.registry import CheckpointError
 from harness.config import ConfigError
 from harness.data.prompts import PromptSetError
+from harness.data.references import ReferenceSetError
+from harness.embed.registry import EmbedderError
 from harness.schedulers import SchedulerError
+from harness.score import ScoreError
 from harness.store import StoreError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, PromptSetError, CheckpointError, SchedulerError, StoreError, ValueError,
+    EmbedderError, ReferenceSetError, ScoreError,
 )

@@ -19,6 +19,7 @@ from harness.config import Cell, ConfigError, SweepSpec, check_runtime, expand, 
 from harness.data.prompts import Prompt, PromptSet, load_prompt_set
 from harness.environment import fingerprint, resolve_device
 from harness.execute.local import Batch, ExecutionReport, LocalExecutor, WorkItem
+from harness.execute.shard import Shard, check_shard_folder, partition, shard_meta
 from harness.pipeline.load import check_device_dtype
 from harness.store import RunStore, StoreError
 
@@ -32,6 +33,7 @@ class RunResult:
     planned: int
     skipped: int
     report: ExecutionReport
+    shard_note: str | None = None  # with --shard: this shard's part of the sweep
 
 
 def default_run_dir(spec: SweepSpec) -> Path:
@@ -52,20 +54,34 @@ def prompts_for(checkpoint: str, prompts: PromptSet, limit: int | None) -> list[
     return chosen[:limit] if limit else chosen
 
 
-def plan(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, done: set[tuple[str, str, int]],
-         batch_size: int) -> tuple[list[Batch], int, int]:
-    """Batches holding work not yet in the store; also (samples to do, samples already stored)."""
+def cut_batches(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, batch_size: int) -> list[Batch]:
+    """The full plan, cut into batches whatever the store holds (so resumes and shards agree)."""
     per_checkpoint = {c.id: prompts_for(c.id, prompts, spec.prompts.limit) for c in spec.checkpoints}
-    batches, todo_count, total = [], 0, 0
+    batches = []
     for cell in cells:
         items = [WorkItem(cell, p, seed) for p in per_checkpoint[cell.checkpoint] for seed in spec.seeds]
-        total += len(items)
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start:start + batch_size])
-            todo = tuple(i.key not in done for i in chunk)
-            if any(todo):
-                batches.append(Batch(cell, chunk, todo))
-                todo_count += sum(todo)
+            batches.append(Batch(cell, chunk, (True,) * len(chunk)))
+    return batches
+
+
+def plan(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, done: set[tuple[str, str, int]],
+         batch_size: int, shard: Shard | None = None) -> tuple[list[Batch], int, int]:
+    """Batches holding work not yet in the store; also (samples to do, samples already stored).
+
+    With ``shard``, only the batches the partition of the full plan gives that shard.
+    """
+    full = cut_batches(spec, cells, prompts, batch_size)
+    if shard is not None:
+        full = partition(full, shard.count).select(shard)
+    batches, todo_count, total = [], 0, 0
+    for batch in full:
+        total += len(batch.items)
+        todo = tuple(i.key not in done for i in batch.items)
+        if any(todo):
+            batches.append(Batch(batch.cell, batch.items, todo))
+            todo_count += sum(todo)
     return batches, todo_count, total - todo_count
 
 
@@ -87,8 +103,9 @@ def acquire_lock(run_dir: Path) -> filelock.BaseFileLock:
 
 def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_failed: bool = False,
               batch_size: int | None = None, conditioning_cache: bool = True,
-              progress: bool = True) -> RunResult:
-    """Run (or resume) a sweep file into a run folder."""
+              progress: bool = True, shard: Shard | None = None, executor: str = "local",
+              executor_options: dict | None = None) -> RunResult:
+    """Run (or resume) a sweep file into a run folder (with ``shard``: only that part of it)."""
     spec = load_spec(config)
     device = resolve_device(spec.device)
     cells = expand(spec, device)
@@ -99,13 +116,17 @@ def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_fa
         except ValueError as err:
             raise ConfigError(f"{config}: {err}") from None
     prompts = load_prompt_set(spec.prompts.set)
+    run_dir_given = bool(run_dir)
     run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
+    if shard is not None and not run_dir_given:
+        run_dir = run_dir / shard.dirname
     lock = acquire_lock(run_dir)
     try:
         store = RunStore(run_dir)
         try:
             return _run_locked(spec, Path(config), cells, prompts, store, retry_failed,
-                               batch_size or spec.batch_size, conditioning_cache, progress)
+                               batch_size or spec.batch_size, conditioning_cache, progress, shard,
+                               executor, executor_options or {})
         finally:
             store.close()
     finally:
@@ -113,21 +134,33 @@ def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_fa
 
 
 def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_size,
-                conditioning_cache, progress) -> RunResult:
+                conditioning_cache, progress, shard=None, executor="local", executor_options=None) -> RunResult:
     store.check_prompts({p.id: (p.text, p.transcription) for p in prompts.prompts})
+    check_shard_folder(store.get_meta("shard"), bool(store.done_keys()), shard, batch_size, store.root)
+    shard_note = None
+    if shard is not None:
+        part = partition(cut_batches(spec, cells, prompts, batch_size), shard.count)
+        store.set_meta("shard", shard_meta(shard, part, batch_size))
+        shard_note = part.describe(shard)
     store.set_meta("environment", fingerprint())
     store.set_meta(f"config:{spec.name}", config_path.read_text())
     store.add_cells(cells, {"batch_size": batch_size})
     done = store.done_keys(include_failed=not retry_failed)
-    batches, todo, skipped = plan(spec, cells, prompts, done, batch_size)
+    batches, todo, skipped = plan(spec, cells, prompts, done, batch_size, shard)
     bar = _progress_bar(todo, skipped, progress)
-    executor = LocalExecutor(store, batch_size, conditioning_cache, spec.allow_unsafe_schedulers,
-                             on_sample=lambda item: _advance(bar, item))
+    if executor == "ray":  # actors compute, this process alone writes the store
+        from harness.execute.ray import RayExecutor
+
+        executor = RayExecutor(store, batch_size, conditioning_cache, spec.allow_unsafe_schedulers,
+                               on_sample=lambda item: _advance(bar, item), **(executor_options or {}))
+    else:
+        executor = LocalExecutor(store, batch_size, conditioning_cache, spec.allow_unsafe_schedulers,
+                                 on_sample=lambda item: _advance(bar, item))
     try:
         report = executor.run(batches)
     finally:
         bar.close()
-    return RunResult(store.root, cells, todo, skipped, report)
+    return RunResult(store.root, cells, todo, skipped, report, shard_note)
 
 
 def _progress_bar(total: int, skipped: int, enabled: bool):

@@ -73,6 +73,22 @@ CREATE TABLE IF NOT EXISTS measurements (
     created_at REAL NOT NULL,
     PRIMARY KEY (cell_id, batch_size, kind, stage, metric)
 );
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_id TEXT NOT NULL REFERENCES cells(id),
+    metric TEXT NOT NULL,        -- fad, kad, clap_score
+    embedder TEXT NOT NULL,      -- registry name, e.g. mel, clap
+    embedder_id TEXT NOT NULL,   -- <name>-<hash of weights sha256 + preprocessing>; full identity in details
+    reference TEXT NOT NULL,     -- folder:<path>, cell:<id>, or prompts (CLAP score)
+    reference_id TEXT NOT NULL,  -- sha256 of the reference's sorted audio content hashes; 'prompts' for CLAP
+    value REAL,                  -- NULL when it could not be computed (details.error says why)
+    ci_low REAL,
+    ci_high REAL,
+    confidence REAL,
+    n INTEGER NOT NULL,          -- samples scored
+    details TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    PRIMARY KEY (cell_id, metric, embedder_id, reference_id)
+);
 """
 
 
@@ -250,3 +266,57 @@ class RunStore:
             "FROM samples s JOIN cells c ON c.id = s.cell_id ORDER BY s.cell_id, s.prompt_id, s.seed"
         )
         return [dict(r) for r in rows]
+
+    def write_metrics(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert or replace metric rows (keys: the metrics columns but created_at; details a dict
+        of finite numbers: NaN/inf would make the column invalid JSON, so they raise)."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(r["cell_id"], r["metric"], r["embedder"], r["embedder_id"], r["reference"],
+                  r["reference_id"], None if r.get("value") is None else float(r["value"]),
+                  None if r.get("ci_low") is None else float(r["ci_low"]),
+                  None if r.get("ci_high") is None else float(r["ci_high"]),
+                  None if r.get("confidence") is None else float(r["confidence"]), int(r["n"]),
+                  json.dumps(r.get("details", {}), sort_keys=True, default=str, allow_nan=False), now)
+                 for r in rows],
+            )
+
+    def metrics(self, cell_id: str | None = None) -> list[dict[str, Any]]:
+        """Metric rows (all, or one cell's) with details parsed, ordered by cell, metric, embedder."""
+        where, args = ("WHERE cell_id=?", (cell_id,)) if cell_id else ("", ())
+        rows = self.db.execute(
+            f"SELECT * FROM metrics {where} ORDER BY cell_id, metric, embedder, reference", args
+        )
+        return [{**dict(r), "details": json.loads(r["details"])} for r in rows]
+
+    # --- merging run folders (harness/merge.py) -------------------------------------------------
+
+    def table_columns(self, table: str) -> list[str]:
+        """Column names of one of the store's tables, in schema order."""
+        if table not in ("meta", "cells", "samples", "measurements"):
+            raise ValueError(f"unknown table {table!r}")
+        return [r[1] for r in self.db.execute(f"PRAGMA table_info({table})")]
+
+    def import_rows(self, cells: Iterable[dict[str, Any]], samples: Iterable[dict[str, Any]],
+                    measurements: Iterable[dict[str, Any]], meta: dict[str, Any]) -> None:
+        """Insert rows read from other run folders, all in ONE transaction.
+
+        Cells are inserted if missing (a cell's row never changes); samples and measurements
+        replace rows with the same key (the caller decided which row wins); meta values are
+        JSON-encoded. Audio files must already be in place: a row never points at a missing file.
+        """
+        def insert(table: str, rows: Iterable[dict[str, Any]], verb: str) -> None:
+            columns = self.table_columns(table)
+            rows = [tuple(r.get(c) for c in columns) for r in rows]
+            if rows:
+                marks = ",".join("?" * len(columns))
+                self.db.executemany(f"{verb} INTO {table} ({','.join(columns)}) VALUES ({marks})", rows)
+
+        with self.db:
+            insert("cells", cells, "INSERT OR IGNORE")
+            insert("samples", samples, "INSERT OR REPLACE")
+            insert("measurements", measurements, "INSERT OR REPLACE")
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in meta.items()])

@@ -86,7 +86,7 @@ def print_bench(result) -> None:
                   "total ms (p50)", "p90", "stages/total", "RTF", "first call s", "peak MiB",
                   title="audioldm2-harness bench (medians over timed calls)")
     for r in bench_rows(result.measurements):
-        table.add_row(r["cell"], r["label"], str(r["batch"]), *[f"{r[s]:.1f}" for s in STAGE_COLUMNS],
+        table.add_row(r["cell"][:8], r["label"], str(r["batch"]), *[f"{r[s]:.1f}" for s in STAGE_COLUMNS],
                       f"{r['step_ms']:.2f}", f"{r['total']:.1f}", f"{r['total_p90']:.1f}",
                       f"{r['sum_over_total']:.4f}", f"{r['rtf']:.3f}", f"{r['first_call_s']:.2f}",
                       f"{r['peak_mib']:.0f}")

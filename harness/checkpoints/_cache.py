@@ -22,7 +22,9 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "audioldm2-harness"
 
 
-def cached_folder(name: str, build: Callable[[Path], object], cache_dir: Path | None = None) -> Path:
+def cached_folder(
+    name: str, build: Callable[[Path], object], cache_dir: Path | None = None
+) -> Path:
     """Return ``<cache>/<name>``, calling ``build(tmp_folder)`` once if it is absent.
 
     The build writes into a temporary sibling folder that is renamed into place, under a file

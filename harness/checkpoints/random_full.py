@@ -11,7 +11,8 @@ hub repositories; ``configs/README.md`` says which files are verbatim and which 
 - ``parameter_counts(like)``: per-component sizes, computed on the meta device (no memory).
 
 Weights: every parameter is created on the meta device first (so the models' own, slow default
-initialisation never touches real memory) and then filled once from a seeded generator:
+initialisation never touches real memory) and then filled once from a seeded source
+(``_NormalSource``: seeded offsets into one seeded pool of normals, at memory speed):
 LeCun-normal (std = 1/sqrt(fan_in)) for Linear/Conv weights, which keeps activations near unit
 scale through the deep stacks (finite in fp16, and the vocoder's output audible rather than
 digital silence), N(0, 0.02) for embeddings and other free parameters, 1/0 for norm weights and
@@ -205,29 +206,50 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, norms) or type(module).__name__.endswith(("Norm", "LayerNorm"))
 
 
-def _fill(
-    module: nn.Module, name: str, shape: torch.Size, generator: torch.Generator
-) -> torch.Tensor:
+class _NormalSource:
+    """Seeded standard-normal values, cheaply. Drawing 1.1 billion fresh normals takes 20-30 s
+    on one core; instead one pool is drawn per component and each tensor copies it (scaled)
+    from a seeded random offset, wrapping around: memory speed. Only tensors larger than the
+    pool (the token-embedding tables) repeat values, which changes no cost."""
+
+    POOL = 1 << 23  # 8M values, 32 MB; the largest non-embedding tensor (a UNet conv) has 3.7M
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.pool = torch.randn(self.POOL, generator=self.generator)
+
+    def normal(self, shape: torch.Size, std: float) -> torch.Tensor:
+        out = torch.empty(shape)
+        flat, n = out.view(-1), out.numel()
+        start = int(torch.randint(self.POOL, (1,), generator=self.generator))
+        pos = 0
+        while pos < n:
+            take = min(n - pos, self.POOL - start)
+            torch.mul(self.pool[start : start + take], std, out=flat[pos : pos + take])
+            pos, start = pos + take, 0
+        return out
+
+
+def _fill(module: nn.Module, name: str, shape: torch.Size, source: _NormalSource) -> torch.Tensor:
     """Deterministic fp32 values for one parameter (see the module docstring for the rule)."""
     leaf = name.rsplit(".", 1)[-1]
     if _is_norm(module):
         return torch.ones(shape) if leaf == "weight" else torch.zeros(shape)
     if leaf == "bias" or "bias" in leaf and len(shape) == 1:
         return torch.zeros(shape)
-    values = torch.empty(shape)
     weighted = isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and leaf == "weight"
     if weighted and len(shape) >= 2:
         fan_in = shape[1:].numel()
         if isinstance(module, nn.modules.conv._ConvTransposeNd):
             # weight is (in, out, *kernel): each output sums in * kernel / stride inputs
             fan_in = shape[0] * max(1, shape[2:].numel() // math.prod(module.stride))
-        return values.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-    return values.normal_(0.0, _EMBED_STD, generator=generator)
+        return source.normal(shape, 1.0 / math.sqrt(fan_in))
+    return source.normal(shape, _EMBED_STD)
 
 
 def _materialize(model: nn.Module, seed: int, dtype: torch.dtype) -> nn.Module:
     """Replace every meta parameter with seeded values in ``dtype`` (ties kept)."""
-    generator = torch.Generator().manual_seed(seed)
+    source = _NormalSource(seed)
     keep_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     done: dict[int, nn.Parameter] = {}
     for module_name, module in model.named_modules():
@@ -241,7 +263,7 @@ def _materialize(model: nn.Module, seed: int, dtype: torch.dtype) -> nn.Module:
             target = dtype
             if dtype != torch.float32 and any(k in full.split(".") for k in keep_fp32):
                 target = torch.float32  # as from_pretrained does (T5's "wo")
-            values = _fill(module, full, param.shape, generator).to(target)
+            values = _fill(module, full, param.shape, source).to(target)
             new = nn.Parameter(values, requires_grad=param.requires_grad)
             done[id(param)] = new
             module._parameters[name] = new
@@ -253,7 +275,8 @@ def _materialize(model: nn.Module, seed: int, dtype: torch.dtype) -> nn.Module:
 
 
 def _random_model(like: str, component: str, seed: int, dtype: torch.dtype) -> nn.Module:
-    with _parameters_on_meta():
+    # fork_rng: a constructor drawing from the global RNG must not change the caller's state.
+    with torch.random.fork_rng(devices=[]), _parameters_on_meta():
         model = _construct(like, component)
     return _materialize(model, seed * 1000 + _SEED_OFFSETS[component], dtype)
 
@@ -326,7 +349,8 @@ def _roberta_tokenizer(config: dict[str, Any]):
         ("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]), trim_offsets=config["trim_offsets"]
     )
     keys = ("bos_token", "eos_token", "sep_token", "cls_token", "unk_token", "pad_token",
-            "mask_token", "add_prefix_space", "trim_offsets", "errors", "model_max_length")
+            "mask_token", "add_prefix_space", "trim_offsets", "errors", "model_max_length",
+            "padding_side", "clean_up_tokenization_spaces")
     return RobertaTokenizerFast(tokenizer_object=tok, **{k: config[k] for k in keys})
 
 
@@ -339,7 +363,10 @@ def _t5_tokenizer():
     n_long = _T5_PIECES - len(specials) - len(ranked)
     pairs = _synthetic_tokens(ranked, n_long, ((80, 80), (1500, 27), (4000, 20)))
     # Scores as log-probabilities: longer and earlier pieces win, single characters last.
-    pieces = [(a + b, round(-2.0 - len(a + b) ** -1 - i * 1e-4, 6)) for i, (a, b) in enumerate(pairs)]
+    pieces = [
+        (left + right, round(-2.0 - 1 / len(left + right) - i * 1e-4, 6))
+        for i, (left, right) in enumerate(pairs)
+    ]
     pieces += [(c, round(-12.0 - i * 0.01, 6)) for i, c in enumerate(ranked)]
     tok = Tokenizer(models.Unigram([*specials, *pieces], unk_id=2))
     tok.normalizer = normalizers.NFKC()

@@ -1,0 +1,57 @@
+"""Audio as embedders see it: mono float32 samples, a content hash, resampled copies per rate.
+
+* Decoding and content hash: ``harness.data.audio`` (mono float32 by channel mean; sha256 of
+  the rate and the sample bytes, independent of path and container).
+* Resampling: soxr (``RESAMPLER`` quality), computed at most once per target rate per clip and
+  shared by every embedder that needs that rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.audio import content_sha256, read_mono
+
+__all__ = ["RESAMPLER", "Clip", "content_sha256", "read_mono"]
+
+RESAMPLER = {"library": "soxr", "quality": "HQ"}
+
+
+@dataclass
+class Clip:
+    """One decoded clip; ``at_rate`` resamples it (once per rate) for the embedders."""
+
+    samples: np.ndarray  # mono float32 at sample_rate
+    sample_rate: int
+    sha256: str = ""
+    _resampled: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.samples = np.ascontiguousarray(self.samples, dtype=np.float32).reshape(-1)
+        if not self.sha256:
+            self.sha256 = content_sha256(self.samples, self.sample_rate)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Clip:
+        """Decode a file to a mono clip."""
+        samples, rate, _ = read_mono(path)
+        return cls(samples, rate)
+
+    @property
+    def duration_s(self) -> float:
+        """Length in seconds."""
+        return self.samples.size / self.sample_rate
+
+    def at_rate(self, rate: int) -> np.ndarray:
+        """The samples at ``rate`` (soxr), computed once per rate."""
+        if rate == self.sample_rate:
+            return self.samples
+        if rate not in self._resampled:
+            import soxr
+
+            out = soxr.resample(self.samples, self.sample_rate, rate, quality=RESAMPLER["quality"])
+            self._resampled[rate] = np.ascontiguousarray(out, dtype=np.float32)
+        return self._resampled[rate]
