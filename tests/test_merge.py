@@ -187,3 +187,18 @@ def test_tables_merge_does_not_know_are_reported_not_merged(tmp_path, cells, env
     db.close()
     result = merge_runs(tmp_path / "out", [a])
     assert any(w.startswith("not merged: 1 scores_of_a_shard rows") for w in result.warnings)
+
+
+def test_a_folder_still_being_written_merges_what_it_committed(tmp_path, cells, env):
+    live = RunStore(tmp_path / "live")  # its writer keeps the WAL open and un-checkpointed
+    live.add_cells(cells, {"batch_size": 1})
+    live.set_meta("environment", env)
+    live.write_sample(SampleRecord(cells[0].id, "p1", "text of p1", None, 0), np.zeros(160, np.float32), 16000)
+    assert (tmp_path / "live" / "run.sqlite-wal").exists()
+    try:
+        result = merge_runs(tmp_path / "out", [tmp_path / "live"])
+        assert result.samples_added == 1
+        live.write_sample(SampleRecord(cells[0].id, "p1", "text of p1", None, 1), np.ones(160, np.float32), 16000)
+        assert merge_runs(tmp_path / "out", [tmp_path / "live"]).samples_added == 1  # the next one
+    finally:
+        live.close()

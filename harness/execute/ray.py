@@ -102,20 +102,23 @@ class RayExecutor:
         if self.address is None:  # a local cluster: make the harness importable by its workers
             here = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-            ray.init(num_cpus=max(1, self.workers or 2), include_dashboard=False, log_to_driver=False,
+            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": env}, configure_logging=False)
         else:
             ray.init(address=self.address, runtime_env={"env_vars": env}, log_to_driver=False)
         return True
 
-    def _actor_options(self, cells_on_gpu: bool) -> tuple[dict[str, Any], int]:
+    def _actor_options(self, devices: set[str]) -> tuple[dict[str, Any], int]:
         resources = self.ray.cluster_resources()
-        if cells_on_gpu:
+        if any(d.startswith("cuda:") for d in devices):
+            raise ValueError("with --executor ray use device = 'cuda' or 'auto', not 'cuda:N': every actor "
+                             "gets one whole GPU of its own, which it sees as cuda")
+        if "cuda" in devices:
             gpus = int(resources.get("GPU", 0))
             if gpus < 1:
                 raise ValueError("the sweep runs on CUDA but the Ray cluster has no GPU; use device = 'cpu' "
                                  "or a cluster with GPUs")
-            return {"num_gpus": 1, "num_cpus": 1}, gpus
+            return {"num_gpus": 1}, gpus
         cpus = int(resources.get("CPU", 1))
         return {"num_cpus": 1}, max(1, min(self.workers or cpus, cpus))
 
@@ -137,7 +140,7 @@ class RayExecutor:
         ray = self.ray
         started = self._connect()
         try:
-            options, count = self._actor_options(any(b.cell.device.startswith("cuda") for b in batches))
+            options, count = self._actor_options({b.cell.device for b in batches})
             actors = [self._start_actor(options) for _ in range(min(count, len(batches)))]
             self._dispatch(deque((b, 1) for b in batches), actors, options, report)
         finally:
