@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import Cell, ConfigError, LatencySpec, check_runtime, expand, load_spec
-from harness.data.prompts import load_prompt_set
-from harness.environment import fingerprint, resolve_device
+from harness.config import Cell, LatencySpec
+from harness.environment import fingerprint
 from harness.measure import CellMeasurement, Protocol, measure_cell
-from harness.pipeline.load import PipelineCache, check_device_dtype
-from harness.run import acquire_lock, default_run_dir, prompts_for
+from harness.pipeline.load import PipelineCache
+from harness.run import default_run_dir, open_store, prepare, prompts_for
 from harness.schedulers import build_scheduler
 from harness.store import RunStore
 
@@ -56,29 +55,12 @@ def _protocols(spec: LatencySpec, overrides: dict) -> list[Protocol]:
 def bench_sweep(config: str | Path, run_dir: str | Path | None = None, progress: bool = True,
                 **overrides) -> BenchResult:
     """Measure every cell of a sweep file; ``overrides`` replace [latency] keys (None = keep)."""
-    spec = load_spec(config)
-    device = resolve_device(spec.device)
-    cells = expand(spec, device)
-    for cell in cells:
-        try:
-            check_device_dtype(cell.dtype, cell.device)
-            check_runtime(cell.runtime, cell.device)
-        except ValueError as err:
-            raise ConfigError(f"{config}: {err}") from None
-    prompts = load_prompt_set(spec.prompts.set)
+    spec, cells, prompts = prepare(config)
     protocols = _protocols(spec.latency, overrides)
-    run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
-    lock = acquire_lock(run_dir)
-    try:
-        store = RunStore(run_dir)
-        try:
-            store.set_meta("environment", fingerprint())
-            store.add_cells(cells, {})
-            return _measure_all(spec, cells, prompts, protocols, store, progress)
-        finally:
-            store.close()
-    finally:
-        lock.release()
+    with open_store(Path(run_dir) if run_dir else default_run_dir(spec)) as store:
+        store.set_meta("environment", fingerprint())
+        store.add_cells(cells, {})
+        return _measure_all(spec, cells, prompts, protocols, store, progress)
 
 
 def _measure_all(spec, cells: list[Cell], prompts, protocols, store: RunStore, progress: bool) -> BenchResult:

@@ -9,8 +9,10 @@ leaves a stale lock) guards it.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import filelock
 
@@ -101,36 +103,47 @@ def acquire_lock(run_dir: Path) -> filelock.BaseFileLock:
     return lock
 
 
-def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_failed: bool = False,
-              batch_size: int | None = None, conditioning_cache: bool = True,
-              progress: bool = True, shard: Shard | None = None, executor: str = "local",
-              executor_options: dict | None = None) -> RunResult:
-    """Run (or resume) a sweep file into a run folder (with ``shard``: only that part of it)."""
+def prepare(config: str | Path) -> tuple[SweepSpec, list[Cell], PromptSet]:
+    """Load a sweep file, expand its cells on the resolved device, check them, load its prompts."""
     spec = load_spec(config)
-    device = resolve_device(spec.device)
-    cells = expand(spec, device)
+    cells = expand(spec, resolve_device(spec.device))
     for cell in cells:
         try:
             check_device_dtype(cell.dtype, cell.device)
             check_runtime(cell.runtime, cell.device)
         except ValueError as err:
             raise ConfigError(f"{config}: {err}") from None
-    prompts = load_prompt_set(spec.prompts.set)
-    run_dir_given = bool(run_dir)
-    run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
-    if shard is not None and not run_dir_given:
-        run_dir = run_dir / shard.dirname
+    return spec, cells, load_prompt_set(spec.prompts.set)
+
+
+@contextmanager
+def open_store(run_dir: Path) -> Iterator[RunStore]:
+    """The run folder's store, held under the writer lock for the duration."""
     lock = acquire_lock(run_dir)
     try:
         store = RunStore(run_dir)
         try:
-            return _run_locked(spec, Path(config), cells, prompts, store, retry_failed,
-                               batch_size or spec.batch_size, conditioning_cache, progress, shard,
-                               executor, executor_options or {})
+            yield store
         finally:
             store.close()
     finally:
         lock.release()
+
+
+def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_failed: bool = False,
+              batch_size: int | None = None, conditioning_cache: bool = True,
+              progress: bool = True, shard: Shard | None = None, executor: str = "local",
+              executor_options: dict | None = None) -> RunResult:
+    """Run (or resume) a sweep file into a run folder (with ``shard``: only that part of it)."""
+    spec, cells, prompts = prepare(config)
+    run_dir_given = bool(run_dir)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
+    if shard is not None and not run_dir_given:
+        run_dir = run_dir / shard.dirname
+    with open_store(run_dir) as store:
+        return _run_locked(spec, Path(config), cells, prompts, store, retry_failed,
+                           batch_size or spec.batch_size, conditioning_cache, progress, shard,
+                           executor, executor_options or {})
 
 
 def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_size,
