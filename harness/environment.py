@@ -18,6 +18,10 @@ def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
+        if package == "audioldm2-harness":  # running from a source tree without installing
+            from harness import __version__
+
+            return __version__
         return "not-installed"
 
 
@@ -59,5 +63,18 @@ def fingerprint() -> dict[str, object]:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
         info["cuda_version"] = torch.version.cuda
+        info["driver_version"] = _driver_version()
     return info
+
+
+def _driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else version
+    except Exception:  # noqa: BLE001 - NVML is optional; no figure rather than a wrong one
+        return None

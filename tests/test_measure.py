@@ -111,3 +111,14 @@ def test_gpu_validate_refuses_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         validate()
+
+
+def test_environment_fingerprint_names_versions_and_machine():
+    from harness.environment import fingerprint
+
+    env = fingerprint()
+    assert set(env["versions"]) >= {"audioldm2-harness", "diffusers", "transformers", "torch", "python"}
+    assert env["torch_threads"] == torch.get_num_threads() and env["cpu"]
+    assert env["git_commit"] is None or len(env["git_commit"]) == 40
+    if torch.cuda.is_available():
+        assert env["gpu"] and env["cuda_version"] and "driver_version" in env
