@@ -69,6 +69,7 @@ def _measure_all(spec, cells: list[Cell], prompts, protocols, store: RunStore, p
     result = BenchResult(store.root)
     cache = PipelineCache()
     for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress):
+        loaded = None  # so the next load can free the previous pipeline first
         try:
             loads = cache.loads
             loaded = cache.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)

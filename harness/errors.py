@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from harness.checkpoints.registry import CheckpointError
 from harness.config import ConfigError
 from harness.data.prompts import PromptSetError
@@ -14,4 +16,6 @@ from harness.store import StoreError
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, PromptSetError, CheckpointError, SchedulerError, StoreError, ValueError,
     EmbedderError, ReferenceSetError, ScoreError,
+    # Unreadable or unwritable paths and a corrupt run.sqlite are the user's to fix, too.
+    OSError, sqlite3.DatabaseError,
 )

@@ -68,10 +68,10 @@ class CellMeasurement:
             "first_call_s": self.first_call_s,
             "stage_sum_over_total": stage_sum(self.durations) / sum(self.durations[TOTAL]),
         }
-        if self.load_s is not None:
+        if self.load_s is not None:  # only the first call after a load is a cold start
             out["load_s"] = self.load_s
-        if self.cell.runtime.compile != "none":
-            out["compile_s"] = max(0.0, self.first_call_s - median)
+            if self.cell.runtime.compile != "none":
+                out["compile_s"] = max(0.0, self.first_call_s - median)
         return out
 
 

@@ -157,7 +157,7 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
         shard_note = part.describe(shard)
     store.set_meta("environment", fingerprint())
     store.set_meta(f"config:{spec.name}", config_path.read_text())
-    store.add_cells(cells, {"batch_size": batch_size})
+    store.add_cells(cells, {})  # batch size lives on sample rows: it may differ between resumes
     done = store.done_keys(include_failed=not retry_failed)
     batches, todo, skipped = plan(spec, cells, prompts, done, batch_size, shard)
     bar = _progress_bar(todo, skipped, progress)

@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS measurements (
     cell_id TEXT NOT NULL REFERENCES cells(id),
     batch_size INTEGER NOT NULL,
-    kind TEXT NOT NULL,      -- 'latency' (seconds), 'memory' (bytes), 'headline', 'environment'
+    kind TEXT NOT NULL,      -- 'latency' (seconds), 'memory' (bytes), 'headline'
     stage TEXT NOT NULL,     -- e.g. total, encode, encode/t5, denoise, denoise/step, vae_decode, vocoder
     metric TEXT NOT NULL,    -- median, p90, p99, mean, std, n | allocated_peak_bytes, ... | rtf, ...
     value REAL NOT NULL,
@@ -131,6 +131,15 @@ def sha256_file(path: Path) -> str:
 
 class RunStore:
     """One run folder; a single writer process at a time."""
+
+    @classmethod
+    def read_only(cls, root: str | Path) -> "RunStore":
+        """Open for reading without the writer lock: no schema writes, no clean-up of files."""
+        store = cls.__new__(cls)
+        store.root = Path(root)
+        store.db = sqlite3.connect(f"file:{(store.root / 'run.sqlite').resolve()}?mode=ro", uri=True, timeout=30)
+        store.db.row_factory = sqlite3.Row
+        return store
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -216,6 +225,8 @@ class RunStore:
             digest = self._write_audio(self.root / rel, audio, sample_rate)
             n = int(audio.shape[-1])
         with self.db:
+            # The cell's sample set changed: scores computed on the old set are stale.
+            self.db.execute("DELETE FROM metrics WHERE cell_id=?", (record.cell_id,))
             self.db.execute(
                 "INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (record.cell_id, record.prompt_id, record.prompt, record.transcription, record.seed,
@@ -245,6 +256,8 @@ class RunStore:
         """Replace (kind, stage, metric, value) rows of one cell and batch size."""
         now = time.time()
         with self.db:
+            # A rerun replaces the whole set: figures it no longer emits must not linger.
+            self.db.execute("DELETE FROM measurements WHERE cell_id=? AND batch_size=?", (cell_id, batch_size))
             self.db.executemany(
                 "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?)",
                 [(cell_id, batch_size, kind, stage, metric, float(value), now)

@@ -36,7 +36,7 @@ def cell_rows(store: RunStore) -> list[dict]:
 def print_summary(result: RunResult) -> None:
     """Print the per-cell table, setup errors and the run folder."""
     console = make_console()
-    store = RunStore(result.run_dir)
+    store = RunStore.read_only(result.run_dir)
     try:
         rows = cell_rows(store)
     finally:
@@ -59,6 +59,7 @@ def print_summary(result: RunResult) -> None:
 
 
 STAGE_COLUMNS = ["encode", "denoise", "vae_decode", "vocoder"]
+PEAK_KINDS = ("allocated_peak_bytes", "rss_peak_bytes", "rss_peak_since_start_bytes")  # never reserved
 
 
 def bench_rows(measurements) -> list[dict]:
@@ -66,7 +67,7 @@ def bench_rows(measurements) -> list[dict]:
     rows = []
     for m in measurements:
         stats, head = m.stats(), m.headline()
-        memory = max((v for kinds in m.memory.values() for k, v in kinds.items() if "peak" in k), default=None)
+        memory = max((v for kinds in m.memory.values() for k, v in kinds.items() if k in PEAK_KINDS), default=None)
         rows.append({
             "cell": m.cell.id, "label": m.cell.label, "batch": m.batch_size,
             **{s: stats[s]["median"] * 1e3 if s in stats else float("nan") for s in STAGE_COLUMNS},

@@ -122,3 +122,25 @@ def test_environment_fingerprint_names_versions_and_machine():
     assert env["git_commit"] is None or len(env["git_commit"]) == 40
     if torch.cuda.is_available():
         assert env["gpu"] and env["cuda_version"] and "driver_version" in env
+
+
+def test_bench_rerun_replaces_figures_it_no_longer_emits(make_sweep, tmp_path):
+    config = make_sweep(steps=[3], latency={"repeats": 2})
+    bench_sweep(config, tmp_path / "run", progress=False)
+    bench_sweep(config, tmp_path / "run", progress=False, memory=False)
+    db = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM measurements WHERE kind='memory' AND stage != 'weights'").fetchone()[0] == 0
+
+
+def test_peak_column_never_reports_reserved_memory():
+    from types import SimpleNamespace
+
+    from harness.summary import bench_rows
+
+    m = SimpleNamespace(
+        cell=SimpleNamespace(id="c", label="l"), batch_size=1, steps_per_call=1,
+        memory={"denoise": {"allocated_peak_bytes": 2**20, "reserved_peak_bytes": 8 * 2**20}},
+        stats=lambda: {s: {"median": 1.0, "p90": 1.0} for s in ["total", "denoise/step"]},
+        headline=lambda: {"stage_sum_over_total": 1.0, "rtf": 1.0, "first_call_s": 1.0},
+    )
+    assert bench_rows([m])[0]["peak_mib"] == 1.0

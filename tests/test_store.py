@@ -97,3 +97,20 @@ def test_wal_mode_and_schema_version(store, tmp_path):
 def test_distinct_ids_get_distinct_files(store, cell):
     paths = {store.audio_path(cell.id, pid, 0) for pid in ["a/b", "a_b", "a b", "a:b"]}
     assert len(paths) == 4
+
+
+def test_new_sample_makes_the_cells_scores_stale(store, cell):
+    store.write_sample(_record(cell, seed=0), np.zeros(10, np.float32), 16000)
+    store.write_metrics([{"cell_id": cell.id, "metric": "fad", "embedder": "mel", "embedder_id": "mel-x",
+                          "reference": "folder:r", "reference_id": "r", "value": 1.0, "n": 1}])
+    assert len(store.metrics()) == 1
+    store.write_sample(_record(cell, seed=1), np.zeros(10, np.float32), 16000)
+    assert store.metrics() == []  # a FAD over the old sample set must not pass for the new one
+
+
+def test_read_only_open_leaves_partial_files_alone(store, cell):
+    tmp = store.root / "audio" / "x.wav.tmp"
+    tmp.write_bytes(b"in progress")
+    reader = RunStore.read_only(store.root)
+    assert reader.samples() == [] and tmp.exists()
+    reader.close()

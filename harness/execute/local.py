@@ -93,6 +93,7 @@ class LocalExecutor:
                 continue
             for batch in group:
                 self._run_batch(loaded, list(batch.items), list(batch.todo), report)
+            del loaded  # so the next cell's load can free this pipeline first
         return report
 
     def _prepare(self, cell: Cell) -> LoadedPipeline:

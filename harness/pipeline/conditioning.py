@@ -80,9 +80,9 @@ class ConditioningCache:
 
     def get(self, pipe, key: ConditioningKey, tracker: Tracker | None = None) -> tuple[Conditioning, bool]:
         """Return (conditioning, was_cached); entries are dropped when the pipeline changes."""
-        if pipe is not self._owner:
+        if id(pipe) != self._owner:
             self._store.clear()
-            self._owner = pipe
+            self._owner = id(pipe)  # an id, not a reference: the cache must not keep a pipeline alive
         if self.enabled and key in self._store:
             self.hits += 1
             return self._store[key], True

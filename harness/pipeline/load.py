@@ -141,6 +141,14 @@ def load_pipeline(checkpoint: str, revision: str | None, dtype: str, device: str
     return LoadedPipeline(pipe, info, location, time.perf_counter() - start, pipe.scheduler, runtime)
 
 
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class PipelineCache:
     """Keeps the most recently used pipeline loaded; a sweep orders cells so each loads once."""
 
@@ -155,6 +163,7 @@ class PipelineCache:
         key = (checkpoint, revision, dtype, device, runtime)
         if key != self._key:
             self._loaded = None  # free the previous pipeline before loading the next
+            _release_memory()
             self._loaded = load_pipeline(checkpoint, revision, dtype, device, runtime)
             self._key = key
             self.loads += 1
