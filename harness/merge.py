@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness.store import SCHEMA_VERSION, RunStore, StoreError, sha256_file
+from harness.store import SCHEMA_VERSION, RunStore, StoreError, acquire_lock, sha256_file
 
 SHOW = 5  # conflicts named in an error message; the rest are counted
 # Scores (the metrics table) are not merged: a shard's FAD covers only its part of a cell, so
@@ -144,7 +144,6 @@ def _safe_relative(rel: str, where: Path) -> PurePosixPath:
 def merge_runs(out: str | Path, sources: list[str | Path], *, allow_env_mismatch: bool = False,
                copy: bool = False) -> MergeResult:
     """Merge ``sources`` into the run folder ``out`` (created if needed); see the module docstring."""
-    from harness.run import acquire_lock  # the same writer lock as ``run``
 
     out = Path(out)
     roots: list[Path] = []

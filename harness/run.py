@@ -8,13 +8,10 @@ leaves a stale lock) guards it.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-
-import filelock
 
 from harness.checkpoints.registry import describe
 from harness.config import Cell, ConfigError, SweepSpec, check_runtime, expand, load_spec
@@ -23,7 +20,7 @@ from harness.environment import fingerprint, resolve_device
 from harness.execute.local import Batch, ExecutionReport, LocalExecutor, WorkItem
 from harness.execute.shard import Shard, check_shard_folder, partition, shard_meta
 from harness.pipeline.load import check_device_dtype
-from harness.store import RunStore, StoreError
+from harness.store import RunStore, acquire_lock
 
 
 @dataclass
@@ -85,22 +82,6 @@ def plan(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, done: set[tuple
             batches.append(Batch(batch.cell, batch.items, todo))
             todo_count += sum(todo)
     return batches, todo_count, total - todo_count
-
-
-def acquire_lock(run_dir: Path) -> filelock.BaseFileLock:
-    """Take the run folder's writer lock or fail with a message naming the holder."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(run_dir / "writer.lock", timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        holder = (run_dir / "writer.pid").read_text().strip() if (run_dir / "writer.pid").exists() else "?"
-        raise StoreError(
-            f"another process (pid {holder}) is writing to {run_dir}; wait for it to finish or "
-            "use another --run-dir"
-        ) from None
-    (run_dir / "writer.pid").write_text(str(os.getpid()))
-    return lock
 
 
 def prepare(config: str | Path) -> tuple[SweepSpec, list[Cell], PromptSet]:

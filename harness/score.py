@@ -39,7 +39,6 @@ reference) embeds only audio not seen before.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from harness.metrics import (
     median_pairwise_distance,
     set_metric_ci,
 )
-from harness.store import RunStore, StoreError
+from harness.store import RunStore, acquire_lock
 
 __all__ = ["METRICS", "ScoreError", "ScoreResult", "parse_embedders", "print_scores", "score_run"]
 
@@ -106,22 +105,6 @@ def parse_embedders(spec: str | Sequence[str]) -> list[str]:
         what = f"unknown embedder {bad[0]!r}" if bad else "no embedder given"
         raise EmbedderError(f"{what}; valid: {', '.join(valid)}")
     return names
-
-
-def _lock(run_dir: Path):
-    # The same lock file as `run` (harness.run.acquire_lock), without importing the generation
-    # stack: scoring and generating never write one run folder at the same time.
-    import filelock
-
-    lock = filelock.FileLock(run_dir / "writer.lock", timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        pid_file = run_dir / "writer.pid"
-        holder = pid_file.read_text().strip() if pid_file.exists() else "?"
-        raise StoreError(f"another process (pid {holder}) is writing to {run_dir}; wait for it to finish") from None
-    (run_dir / "writer.pid").write_text(str(os.getpid()))
-    return lock
 
 
 def _build_embedder(name: str, clap_model: str | None, device: str) -> Embedder:
@@ -176,7 +159,7 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
         from harness.environment import resolve_device
 
         device = resolve_device("auto")
-    lock = _lock(root)
+    lock = acquire_lock(root)
     try:
         store = RunStore(root)
         try:

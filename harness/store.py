@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import filelock
 import numpy as np
 from scipy.io import wavfile
 
@@ -333,3 +334,19 @@ class RunStore:
             insert("measurements", measurements, "INSERT OR REPLACE")
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in meta.items()])
+
+
+def acquire_lock(run_dir: Path) -> filelock.BaseFileLock:
+    """Take the run folder's writer lock or fail with a message naming the holder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(run_dir / "writer.lock", timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        holder = (run_dir / "writer.pid").read_text().strip() if (run_dir / "writer.pid").exists() else "?"
+        raise StoreError(
+            f"another process (pid {holder}) is writing to {run_dir}; wait for it to finish or "
+            "use another --run-dir"
+        ) from None
+    (run_dir / "writer.pid").write_text(str(os.getpid()))
+    return lock

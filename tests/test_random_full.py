@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import shutil
 import tomllib
 from pathlib import Path

@@ -167,7 +167,7 @@ def _safe_hashes(run_dir):
 
 
 def test_second_writer_is_refused(make_sweep, tmp_path):
-    from harness.run import acquire_lock
+    from harness.store import acquire_lock
 
     lock = acquire_lock(tmp_path / "run")
     try:
