@@ -28,6 +28,9 @@ def rows_of(m: CellMeasurement, weights_bytes: int) -> list[tuple[str, str, str,
     """(kind, stage, metric, value) rows for the store."""
     rows = [("latency", stage, metric, value)
             for stage, stats in m.stats().items() for metric, value in stats.items()]
+    # Every timed call too, so gates can test significance instead of comparing two medians.
+    rows += [("call", stage, f"{i:04d}", value) for stage, values in m.durations.items()
+             for i, value in enumerate(values)]
     rows += [("memory", stage, kind, value) for stage, kinds in m.memory.items() for kind, value in kinds.items()]
     rows += [("headline", "call", metric, value) for metric, value in m.headline().items()]
     rows.append(("memory", "weights", "weights_bytes", weights_bytes))

@@ -99,6 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--device", default="cpu", help="device for model embedders: cpu, cuda[:N] or auto")
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
     sc.set_defaults(func=_cmd_score)
+
+    rp = sub.add_parser("report", help="HTML/Markdown/CSV/Parquet report of one or more run folders")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (several: e.g. before and after)")
+    rp.add_argument("--out", help="report folder (default: reports/<first RUN folder name>)")
+    rp.add_argument("--format", default="html,md,csv,parquet",
+                    help="comma-separated subset of html,md,csv,parquet (default: all)")
+    rp.add_argument("--listen", type=int, default=3, help="(prompt, seed) pairs to play side by side (0: none)")
+    rp.add_argument("--label", action="append", metavar="NAME",
+                    help="name of a run in the report (repeat once per RUN, in order; default: folder name)")
+    rp.set_defaults(func=_cmd_report)
+
+    _add_gate_parsers(sub)
     return parser
 
 
@@ -263,6 +275,93 @@ def _cmd_score(args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     print_scores(result)
     return EXIT_FAILURES if any(r["value"] is None for r in result.rows) else EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.report.build import build_report
+
+    out = args.out or Path("reports") / Path(args.runs[0]).resolve().name
+    result = build_report(args.runs, out, formats=args.format, listen=args.listen, labels=args.label)
+    console = make_console()
+    for fmt, path in result.files.items():
+        console.print(f"{fmt}: {path}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"plots: {len(result.plots)} in {Path(out) / 'plots'}; audio: {len(result.audio)} files in "
+                  f"{Path(out) / 'audio'}", highlight=False, soft_wrap=True, markup=False)
+    return EXIT_OK
+
+
+def _add_gate_parsers(sub) -> None:
+    gt = sub.add_parser("gate", help="pass/fail a run (or benchmark JSON) against a baseline under a policy")
+    gt.add_argument("candidate", metavar="RUN|JSON", help="run folder, baseline file or pytest-benchmark JSON")
+    gt.add_argument("--baseline", required=True, help="baseline file (baseline save), run folder or pytest-benchmark JSON")
+    gt.add_argument("--policy", required=True, help="policy TOML: allowed regression per figure (see benchmarks/gates/)")
+    _add_gate_outputs(gt)
+    gt.set_defaults(func=_cmd_gate)
+
+    bl = sub.add_parser("baseline", help="save a run's figures as a baseline for later gates")
+    bl_sub = bl.add_subparsers(dest="action", required=True)
+    save = bl_sub.add_parser("save", help="write a baseline summary (keyed by environment) of run folders")
+    save.add_argument("runs", nargs="+", metavar="RUN", help="run folders (later ones win for a repeated cell)")
+    save.add_argument("--out", help="baseline file (default: <first RUN>/baseline.json)")
+    save.set_defaults(func=_cmd_baseline_save)
+
+    ab = sub.add_parser("gate-ab", help="interleaved A/B latency session of two sweep files, gated as ratios")
+    ab.add_argument("baseline_config", metavar="BASELINE.toml", help="sweep file of the baseline configuration")
+    ab.add_argument("candidate_config", metavar="CANDIDATE.toml", help="sweep file of the candidate (same cell count)")
+    ab.add_argument("--policy", required=True, help="policy TOML (latency_ms:* rules apply to the paired ratios)")
+    ab.add_argument("--rounds", type=int, default=10, help="alternating rounds (each times A once and B once)")
+    ab.add_argument("--warmup", type=int, default=1, help="untimed calls per side first")
+    ab.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_gate_outputs(ab)
+    ab.set_defaults(func=_cmd_gate_ab)
+
+
+def _add_gate_outputs(parser) -> None:
+    parser.add_argument("--junit", help="also write JUnit XML here")
+    parser.add_argument("--markdown", help="also write the Markdown table here (e.g. for a PR comment)")
+    parser.add_argument("--allow-env-mismatch", action="store_true",
+                        help="compare figures measured on different GPUs or library versions")
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from harness.gate import gate
+
+    return _gate_outputs(gate(args.candidate, args.baseline, args.policy, args.allow_env_mismatch), args)
+
+
+def _cmd_gate_ab(args: argparse.Namespace) -> int:
+    from harness.gate.ab import ab_session
+    from harness.gate.compare import compare
+    from harness.gate.policy import load_policy
+
+    policy = load_policy(args.policy)  # read first: a bad policy fails before minutes of timing
+    base, cand = ab_session(args.baseline_config, args.candidate_config, args.rounds, args.warmup,
+                            progress=not args.no_progress)
+    return _gate_outputs(compare(base, cand, policy, args.allow_env_mismatch), args)
+
+
+def _gate_outputs(result, args: argparse.Namespace) -> int:
+    from harness.gate.output import junit, markdown
+
+    text = markdown(result)
+    print(text, end="")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+    if args.junit:
+        junit(result, args.junit)
+    return result.exit_code
+
+
+def _cmd_baseline_save(args: argparse.Namespace) -> int:
+    from harness.gate.summary import from_runs, save
+
+    summary = from_runs(args.runs)
+    path = save(summary, args.out or Path(args.runs[0]) / "baseline.json")
+    n = sum(len(c.figures) for c in summary.cells.values())
+    make_console().print(f"baseline: {len(summary.cells)} cells, {n} figures, environment "
+                         f"{summary.environment_key()}\nwritten to {path}", highlight=False, soft_wrap=True)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -281,16 +281,19 @@ def runtime_variants(spec: SweepSpec) -> list[RuntimeOptions]:
     ]
 
 
+def read_toml(path: str | Path, what: str, error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed one raises ``error`` with one line naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise error(f"{path}: invalid TOML: {err}") from None
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep TOML file; any problem is a one-line ConfigError."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such sweep file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: {err}") from None
-    return parse_spec(data, source=str(path))
+    return parse_spec(read_toml(path, "sweep"), source=str(path))
 
 
 def parse_spec(data: dict[str, Any], source: str = "<sweep>") -> SweepSpec:

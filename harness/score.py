@@ -31,6 +31,11 @@ Conventions, stored with every row (``details``):
   ``all_silent`` and ``constant_embeddings``; ``details.caveats`` statistical ones such as
   ``rank_deficient`` (n <= dim: the covariance is singular and FAD depends strongly on n;
   compare FADs only at equal n).
+* FAD rows also carry ``details.per_sample_outlier`` ([prompt_id, seed, Mahalanobis distance of
+  the clip from the reference Gaussian]: a triage aid for listening, not a share of FAD) and,
+  from ``FAD_INF_MIN_N`` scored samples on, ``details.fad_inf`` (intercept of FAD against 1/n
+  over subsets without replacement; below that n the extrapolation is noise, so it is skipped
+  with the reason).
 
 Embeddings go through the content-keyed cache, so scoring again (or against another
 reference) embeds only audio not seen before.
@@ -55,9 +60,11 @@ from harness.metrics import (
     bootstrap_ci,
     clap_scores,
     fad_from_embeddings,
+    fad_inf,
     frechet_distance,
     gaussian_stats,
     kernel_audio_distance,
+    mahalanobis_scores,
     median_pairwise_distance,
     set_metric_ci,
 )
@@ -67,6 +74,7 @@ __all__ = ["METRICS", "ScoreError", "ScoreResult", "parse_embedders", "print_sco
 
 METRICS = ("fad", "kad", "clap_score")
 DEFAULT_BOOTSTRAP = 200
+FAD_INF_MIN_N = 50
 _POOLING = "mean of the clip's window embeddings"
 
 
@@ -366,9 +374,11 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
             x = x_all[[usable.index(k) for k, _ in pairs]] if pairs else np.zeros((0, embedder.dim))
             y = _clip_matrix([ref_vectors[(r["prompt_id"], r["seed"])] for _, r in pairs]) if pairs else x
             prompts = [r["prompt_id"] for _, r in pairs]
+            keys = [(r["prompt_id"], r["seed"]) for _, r in pairs]
             extra = {"paired": True, "n_unmatched": len(rows) - len(pairs)}
         else:
             x, prompts = x_all, [r["prompt_id"] for r in rows]
+            keys = [(r["prompt_id"], r["seed"]) for r in rows]
             y = _clip_matrix([vectors[i] for i in ref_index])
             extra = {"paired": False}
         n = x.shape[0]
@@ -382,6 +392,8 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
                 value, low, high, more = _set_metric(metric, x, y, prompts, extra["paired"], bootstrap,
                                                      confidence, seed)
                 details.update(more)
+                if metric == "fad":
+                    details.update(fad_extras(x, y, keys, seed))
             except ValueError as err:
                 value, low, high = None, None, None
                 details["error"] = str(err)
@@ -414,6 +426,19 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
             details["error"] = str(err)
         out.append(row("clap_score", value, len(rows), details, low, high,
                        reference="prompts", reference_id="prompts"))
+    return out
+
+
+def fad_extras(x: np.ndarray, y: np.ndarray, keys: list[tuple[str, int]], seed: int = 0) -> dict[str, Any]:
+    """Per-sample outlier scores against the reference Gaussian, and FAD-inf when n allows."""
+    mu_y, s_y = gaussian_stats(y)
+    scores = mahalanobis_scores(x, mu_y, s_y)
+    out: dict[str, Any] = {"per_sample_outlier": [[p, s, round(float(v), 6)] for (p, s), v in zip(keys, scores)]}
+    if x.shape[0] >= FAD_INF_MIN_N:
+        res = fad_inf(x, y, seed=seed)
+        out["fad_inf"] = {"value": res.value, "slope": res.slope, "r2": res.r2, "ns": list(res.ns)}
+    else:
+        out["fad_inf"] = {"skipped": f"needs >= {FAD_INF_MIN_N} scored samples; have {x.shape[0]}"}
     return out
 
 

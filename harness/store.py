@@ -67,9 +67,9 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS measurements (
     cell_id TEXT NOT NULL REFERENCES cells(id),
     batch_size INTEGER NOT NULL,
-    kind TEXT NOT NULL,      -- 'latency' (seconds), 'memory' (bytes), 'headline'
+    kind TEXT NOT NULL,      -- 'latency' (seconds), 'call' (seconds of one timed call), 'memory' (bytes), 'headline'
     stage TEXT NOT NULL,     -- e.g. total, encode, encode/t5, denoise, denoise/step, vae_decode, vocoder
-    metric TEXT NOT NULL,    -- median, p90, p99, mean, std, n | allocated_peak_bytes, ... | rtf, ...
+    metric TEXT NOT NULL,    -- median, p90, p99, mean, std, n | call index 0000.. | allocated_peak_bytes, ... | rtf, ...
     value REAL NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (cell_id, batch_size, kind, stage, metric)

@@ -61,7 +61,14 @@ def test_bench_command_stores_measurements(make_sweep, tmp_path):
     assert not result.cell_errors and len(result.measurements) == 4
     db = sqlite3.connect(tmp_path / "run" / "run.sqlite")
     kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM measurements")}
-    assert kinds == {"latency", "memory", "headline"}
+    assert kinds == {"latency", "call", "memory", "headline"}
+    # every timed call is kept (gates test significance on them), and their median is the stored one
+    calls = [r[0] for r in db.execute(
+        "SELECT value FROM measurements WHERE kind='call' AND stage='total' AND batch_size=1 "
+        "AND cell_id=(SELECT cell_id FROM measurements LIMIT 1) ORDER BY metric")]
+    median = db.execute("SELECT value FROM measurements WHERE kind='latency' AND stage='total' AND metric='median' "
+                        "AND batch_size=1 AND cell_id=(SELECT cell_id FROM measurements LIMIT 1)").fetchone()[0]
+    assert len(calls) == 2 and np.median(calls) == median
     heun_calls = db.execute(
         "SELECT value FROM measurements m JOIN cells c ON c.id = m.cell_id "
         "WHERE c.scheduler='heun' AND m.metric='unet_calls' AND m.batch_size=1").fetchone()[0]

@@ -53,6 +53,9 @@ def test_score_run_end_to_end(make_sweep, tmp_path, capsys):
         else:
             assert r["reference_id"] == scored.reference_id and d["reference"]["n"] == 12
             assert d["n_prompts"] == 2 and "rank_deficient" in d["caveats"]  # 4 clips, 128 / 16 dims
+        if r["metric"] == "fad":  # one outlier score per scored sample; too few samples for FAD-inf
+            assert len(d["per_sample_outlier"]) == 4 and all(s >= 0 for _, _, s in d["per_sample_outlier"])
+            assert "needs >= 50" in d["fad_inf"]["skipped"]
     assert scored.computed == {"mel": 20, "tiny-clap": 20, "tiny-clap/text": 2}  # 8 samples + 12 refs
     fad_details = next(r["details"] for r in rows if r["metric"] == "fad")
     manifest = json.loads((run / fad_details["reference"]["manifest"]).read_text())
@@ -132,3 +135,21 @@ def test_failed_and_silent_samples_are_counted_not_scored(make_sweep, tmp_path):
         score_run(run, str(bad), ["mel"], cache_dir=tmp_path / "cache")
     with pytest.raises(ScoreError, match="no cell of this run"):
         score_run(run, "cell:ffff", ["mel"], cache_dir=tmp_path / "cache")
+
+
+def test_fad_extras_match_an_independent_computation():
+    from harness.metrics import fad_inf
+    from harness.score import fad_extras
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0.2, 1.0, (60, 6)), rng.normal(0.0, 1.0, (90, 6))
+    keys = [(f"p{i}", 0) for i in range(60)]
+    extras = fad_extras(x, y, keys)
+    mu, cov = y.mean(axis=0), np.cov(y, rowvar=False)
+    d = x - mu
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d))  # full rank: inv = pinv
+    got = np.array([s for _, _, s in extras["per_sample_outlier"]])
+    assert [k for k, _, _ in extras["per_sample_outlier"]] == [k for k, _ in keys]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # stored rounded to 6 decimals
+    assert extras["fad_inf"]["value"] == fad_inf(x, y, seed=0).value
+    assert "skipped" in fad_extras(x[:10], y, keys[:10])["fad_inf"]

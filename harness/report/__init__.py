@@ -1,0 +1,1 @@
+"""The report stage: cell/sample frames, plots and the HTML, Markdown, CSV and Parquet reports."""

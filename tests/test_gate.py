@@ -1,0 +1,390 @@
+"""The gate: policy validation, significance tests against hand-computed cases, the false-alarm
+rate under the null, and end to end on tiny runs with injected regressions."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from harness.bench import bench_sweep
+from harness.cli import main
+from harness.gate import gate
+from harness.gate.compare import GateError, allowance, compare, judge, significance
+from harness.gate.output import junit, markdown
+from harness.gate.policy import Policy, PolicyError, Rule, load_policy
+from harness.gate.summary import CellSummary, Figure, Summary, from_runs, load, save
+from harness.run import run_sweep
+from harness.score import score_run
+
+ENV = {"cpu": "x86_64", "versions": {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.24.0"}}
+
+
+def _policy(tmp_path, text: str):
+    path = tmp_path / "gate.toml"
+    path.write_text(text)
+    return path
+
+
+def _latency(values, keys=None) -> Figure:
+    ms = [float(v) for v in values]
+    return Figure(float(np.median(ms)), "lower", "ms", "ratio", len(ms), samples=ms, keys=keys)
+
+
+def _summary(figures: dict[str, Figure], env=ENV) -> Summary:
+    return Summary("test", env, {"cell-a": CellSummary("tiny/ddim", figures)})
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ('[[rule]]\nfigure = "x"\nmax_regression = "ten"\n', "percentage like"),
+    ('[[rule]]\nfigure = "x"\nmax_regression = -1\n', ">= 0"),
+    ('[[rule]]\nfigure = "x"\nmax_regression = 1\nbogus = 1\n', "unknown key"),
+    ('confidence = 0.95\n', "no [[rule]]"),
+    ('confidence = 1.5\n[[rule]]\nfigure = "x"\nmax_regression = 1\n', "confidence"),
+    ('[[rule]]\nfigure = "x"\nmax_regression = 1\nbetter = "up"\n', "better"),
+])
+def test_bad_policy_is_one_line_error(tmp_path, text, expected):
+    with pytest.raises(PolicyError, match="gate.toml") as err:
+        load_policy(_policy(tmp_path, text))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_first_matching_rule_wins_and_amounts_parse():
+    policy = Policy(rule=[Rule(figure="latency_ms:total:*", max_regression="10%"),
+                          Rule(figure="latency_ms:*", max_regression=5.0)])
+    assert policy.rule_for("latency_ms:total:p50").relative == pytest.approx(0.10)
+    assert policy.rule_for("latency_ms:encode:p50").absolute == 5.0
+    assert policy.rule_for("fad:mel") is None
+
+
+# --- significance against independent computations -------------------------------------------
+
+def test_ci_test_matches_the_normal_approximation_by_hand():
+    base = Figure(10.0, "lower", n=8, ci_low=9.0, ci_high=11.0, confidence=0.95)
+    cand = Figure(12.0, "lower", n=8, ci_low=11.0, ci_high=13.0, confidence=0.95)
+    se = 1.0 / scipy.stats.norm.ppf(0.975)  # half-width / z
+    _, p = significance(base, cand, "lower")
+    assert p == pytest.approx(scipy.stats.norm.sf(2.0 / np.sqrt(2 * se**2)), rel=1e-12)
+    # Against the allowance (0.5 absolute): is the candidate worse than baseline + 0.5?
+    _, p = significance(allowance(base, Rule(figure="*", max_regression=0.5), "lower"), cand, "lower")
+    assert p == pytest.approx(scipy.stats.norm.sf(1.5 / np.sqrt(2 * se**2)), rel=1e-12)
+
+
+def test_unpaired_and_paired_tests_match_scipy():
+    rng = np.random.default_rng(0)
+    b, c = rng.normal(100, 5, 12), rng.normal(115, 5, 12)
+    _, p = significance(_latency(b), _latency(c), "lower")
+    assert p == pytest.approx(scipy.stats.mannwhitneyu(c, b, alternative="greater").pvalue)
+    ten = Rule(figure="*", max_regression="10%")  # latency: the allowance scales the baseline
+    _, p = significance(allowance(_latency(b), ten, "lower"), _latency(c), "lower")
+    assert p == pytest.approx(scipy.stats.mannwhitneyu(c, 1.1 * b, alternative="greater").pvalue)
+    keys = [f"round-{i}" for i in range(12)]
+    _, p = significance(allowance(_latency(b, keys), ten, "lower"), _latency(c, keys), "lower")
+    assert p == pytest.approx(scipy.stats.wilcoxon(np.log(c) - np.log(1.1 * b), alternative="greater").pvalue)
+
+
+def test_welch_from_summary_statistics_matches_scipy():
+    base = Figure(1.0, "lower", n=10, std=0.1)
+    cand = Figure(1.2, "lower", n=10, std=0.1)
+    _, p = significance(base, cand, "lower")
+    assert p == pytest.approx(scipy.stats.ttest_ind_from_stats(1.2, 0.1, 10, 1.0, 0.1, 10, equal_var=False,
+                                                               alternative="greater").pvalue)
+
+
+# --- verdicts ---------------------------------------------------------------------------------
+
+def _judge(base, cand, rule):
+    return judge("c", "label", "latency_ms:total:p50", base, cand, rule, 0.05)
+
+
+def test_large_significant_slowdown_fails_small_or_noisy_ones_pass():
+    rule = Rule(figure="*", max_regression="10%")
+    rng = np.random.default_rng(1)
+    base = _latency(rng.normal(100, 2, 10))
+    assert _judge(base, _latency(rng.normal(130, 2, 10)), rule).status == "regression"
+    assert _judge(base, _latency(rng.normal(105, 2, 10)), rule).status == "pass"  # real, but allowed
+    noisy_base = _latency([100, 60, 140])
+    noisy = _judge(noisy_base, _latency([120, 70, 170]), rule)  # +20 % median, far from significant
+    assert noisy.status == "pass" and noisy.change > 0.10 and noisy.p_value > 0.05
+    forced = _judge(noisy_base, _latency([120, 70, 170]), Rule(figure="*", max_regression="10%", significance=False))
+    assert forced.status == "regression"
+    assert _judge(base, _latency(rng.normal(70, 2, 10)), rule).status == "improved"
+
+
+def test_paired_clap_drop_fails_and_higher_is_better():
+    rng = np.random.default_rng(2)
+    keys = [f"p{i}|0" for i in range(16)]
+    base_scores = rng.normal(0.30, 0.05, 16)
+    base = Figure(float(base_scores.mean()), "higher", samples=list(base_scores), keys=keys)
+    worse = base_scores - 0.05 + rng.normal(0, 0.005, 16)
+    cand = Figure(float(worse.mean()), "higher", samples=list(worse), keys=keys)
+    rule = Rule(figure="clap_score:*", max_regression=0.02)
+    verdict = judge("c", "l", "clap_score:clap", base, cand, rule, 0.05)
+    assert verdict.status == "regression" and verdict.change == pytest.approx(0.05, abs=0.01)
+    assert "paired bootstrap" in verdict.test
+    assert judge("c", "l", "clap_score:clap", cand, base, rule, 0.05).status == "improved"
+
+
+def test_false_alarm_rate_under_the_null_and_power():
+    """Identical distributions: the gate must almost never fail; a real 60 % slowdown: almost always."""
+    rng = np.random.default_rng(3)
+    rule = Rule(figure="*", max_regression="10%")
+
+    def draw(scale):  # right-skewed timings with a 15 % spread, as on a shared runner
+        return _latency(scale * rng.lognormal(0.0, 0.15, 10))
+
+    null = sum(_judge(draw(100), draw(100), rule).status == "regression" for _ in range(400))
+    within = sum(_judge(draw(100), draw(110), rule).status == "regression" for _ in range(400))
+    power = sum(_judge(draw(100), draw(160), rule).status == "regression" for _ in range(200))
+    assert null / 400 <= 0.01  # tested against the 10 % allowance: far below alpha = 0.05
+    assert within / 400 <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 400)  # at the boundary: alpha, as designed
+    assert power / 200 >= 0.9
+
+
+def test_prediction_test_against_several_baseline_runs_matches_a_hand_computation():
+    runs = [100.0, 105.0, 110.0, 95.0]
+    base = Figure(float(np.median(runs)), "lower", "ms", "ratio", run_values=runs)
+    desc, p = significance(base, Figure(130.0, "lower", "ms", "ratio"), "lower")
+    logs = np.log(runs)
+    t = (np.log(130.0) - logs.mean()) / (logs.std(ddof=1) * np.sqrt(1 + 1 / 4))
+    assert "4 baseline runs" in desc and p == pytest.approx(scipy.stats.t.sf(t, 3), rel=1e-12)
+
+
+def test_a_baseline_of_several_runs_absorbs_run_to_run_drift():
+    """Each run has its own speed (shared machine); calls within a run vary less than runs do."""
+    rng = np.random.default_rng(5)
+    rule = Rule(figure="*", max_regression="10%")
+
+    def run(scale):
+        drift = rng.lognormal(0.0, 0.10)  # the machine's state during this run
+        return _latency(scale * drift * rng.lognormal(0.0, 0.03, 10))
+
+    def pooled(k):
+        figs = [run(100) for _ in range(k)]
+        values = [f.value for f in figs]
+        return Figure(float(np.median(values)), "lower", "ms", "ratio", run_values=values,
+                      samples=[x for f in figs for x in f.samples])
+
+    single = sum(_judge(run(100), run(100), rule).status == "regression" for _ in range(300))
+    several = sum(_judge(pooled(5), run(100), rule).status == "regression" for _ in range(300))
+    caught = sum(_judge(pooled(5), run(200), rule).status == "regression" for _ in range(300))
+    assert single / 300 > 0.1  # per-call tests mistake drift for regressions...
+    assert several / 300 <= 0.05  # ...a 5-run baseline does not
+    assert caught / 300 >= 0.8  # and still catches a doubling
+
+
+def test_missing_cells_fail_different_references_cannot_compare():
+    policy = Policy(rule=[Rule(figure="*", max_regression="10%")])
+    base = _summary({"latency_ms:total:p50": _latency([1, 2, 3])})
+    empty = Summary("empty", ENV)
+    result = compare(base, empty, policy)
+    assert [v.status for v in result.verdicts] == ["missing"] and result.exit_code == 1
+    ref_a = _summary({"fad:mel": Figure(1.0, "lower", reference_id="aaa")})
+    ref_b = _summary({"fad:mel": Figure(1.0, "lower", reference_id="bbb")})
+    result = compare(ref_a, ref_b, policy)
+    assert result.verdicts[0].status == "incomparable" and result.exit_code == 2
+    assert "different references" in result.verdicts[0].test
+
+
+def test_environment_mismatch_is_an_error_unless_allowed():
+    policy = Policy(rule=[Rule(figure="*", max_regression="10%")])
+    other = {**ENV, "gpu": "NVIDIA H100 80GB HBM3"}
+    base, cand = _summary({"x": _latency([1, 2])}), _summary({"x": _latency([1, 2])}, env=other)
+    with pytest.raises(GateError, match="different environments.*device.*--allow-env-mismatch"):
+        compare(base, cand, policy)
+    result = compare(base, cand, policy, allow_env_mismatch=True)
+    assert result.exit_code == 0 and "device" in result.environment_differences[0]
+    assert "compared across environments" in markdown(result)
+
+
+def test_unmatched_figures_are_not_gated_and_direction_can_come_from_the_rule():
+    policy = Policy(rule=[Rule(figure="extra:ratio", max_regression=0.01, better="lower")])
+    base = _summary({"extra:ratio": Figure(1.00, None), "extra:other": Figure(5.0, None)})
+    cand = _summary({"extra:ratio": Figure(1.05, None), "extra:other": Figure(50.0, None)})
+    result = compare(base, cand, policy)
+    assert result.ungated == 1 and [v.status for v in result.verdicts] == ["regression"]
+    no_direction = compare(base, cand, Policy(rule=[Rule(figure="extra:ratio", max_regression=0.01)]))
+    assert no_direction.verdicts[0].status == "incomparable" and "better" in no_direction.verdicts[0].test
+
+
+def test_outputs_markdown_and_junit(tmp_path):
+    policy = Policy(rule=[Rule(figure="*", max_regression="10%")])
+    base = _summary({"latency_ms:total:p50": _latency(range(100, 110)), "fad:mel": Figure(1.0, "lower")})
+    cand = _summary({"latency_ms:total:p50": _latency(range(200, 210)), "fad:mel": Figure(1.0, "lower")})
+    result = compare(base, cand, policy)
+    text = markdown(result)
+    assert text.startswith("### audioldm2-harness gate: FAIL") and "**REGRESSION**" in text
+    assert text.index("**REGRESSION**") < text.index("<details>")  # failures above the fold
+    root = ET.parse(junit(result, tmp_path / "gate.xml")).getroot()
+    assert root.get("tests") == "2" and root.get("failures") == "1" and root.get("errors") == "0"
+    failed = [c.get("name") for c in root if c.find("failure") is not None]
+    assert failed == ["latency_ms:total:p50"]
+
+
+def test_benchmark_json_is_summarized_and_gated(tmp_path):
+    def bench_file(path, data, extra):
+        stats = {"median": float(np.median(data)), "mean": float(np.mean(data)), "stddev": float(np.std(data, ddof=1)),
+                 "rounds": len(data), "data": data}
+        payload = {"machine_info": {"cpu": {"brand_raw": "Test CPU"}, "python_version": "3.11.7"},
+                   "benchmarks": [{"name": "test_x", "fullname": "benchmarks/t.py::test_x", "stats": stats,
+                                   "extra_info": {"ratio_median": extra, "label": "not a number"}}]}
+        path.write_text(json.dumps(payload))
+        return path
+
+    rng = np.random.default_rng(4)
+    base = bench_file(tmp_path / "base.json", list(rng.normal(1.0, 0.02, 10)), 1.0)
+    slow = bench_file(tmp_path / "slow.json", list(rng.normal(1.5, 0.02, 10)), 1.3)
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "benchmark:*"\nmax_regression = "10%"\n'
+                               '[[rule]]\nfigure = "extra:ratio_median"\nmax_regression = 0.05\nbetter = "lower"\n')
+    summary = load(base)
+    assert set(summary.cells["benchmarks/t.py::test_x"].figures) == {
+        "benchmark:median_s", "benchmark:mean_s", "extra:ratio_median"}
+    assert gate(base, base, policy).exit_code == 0
+    result = gate(slow, base, policy)
+    assert result.exit_code == 1
+    assert {v.figure for v in result.verdicts if v.status == "regression"} == {
+        "benchmark:median_s", "benchmark:mean_s", "extra:ratio_median"}
+    tests = {v.figure: v.test for v in result.verdicts}
+    assert "Mann-Whitney" in tests["benchmark:median_s"] and "Welch" in tests["benchmark:mean_s"]
+
+
+def test_a_non_baseline_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="not an audioldm2-harness baseline.*baseline save"):
+        load(path)
+
+
+# --- end to end on tiny runs -------------------------------------------------------------------
+
+QUALITY_POLICY = """
+confidence = 0.95
+[[rule]]
+figure = "fad:*"
+max_regression = "10%"
+[[rule]]
+figure = "failed_fraction"
+max_regression = 0.0
+significance = false
+"""
+
+
+@pytest.fixture(scope="module")
+def quality_runs(tmp_path_factory, tiny_audio_path):
+    """A tiny run, an identical rerun, and a rerun whose audio is degraded by added noise."""
+    import harness.execute.local as local
+
+    root = tmp_path_factory.mktemp("gate")
+    sweep = root / "sweep.toml"
+    sweep.write_text('name = "g"\ncheckpoints = ["tiny-audio"]\nschedulers = ["ddim"]\nsteps = [3]\n'
+                     'audio_lengths_s = [0.5]\nseeds = [0, 1]\ndevice = "cpu"\nbatch_size = 2\n'
+                     '[prompts]\nset = "smoke"\nlimit = 3\n')
+    runs = {name: root / name for name in ("base", "same", "noisy")}
+    run_sweep(sweep, runs["base"], progress=False)
+    run_sweep(sweep, runs["same"], progress=False)
+    original = local.generate
+
+    def noisy(*args, **kwargs):
+        audio = original(*args, **kwargs)
+        return audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "generate", noisy)
+        run_sweep(sweep, runs["noisy"], progress=False)
+    # The accepted outputs are the reference: the usual set-up of a model-quality regression test.
+    cell_dir = next((runs["base"] / "audio").iterdir())
+    for run in runs.values():
+        score_run(run, str(cell_dir), ["mel"], metrics=["fad"], bootstrap=200, cache_dir=root / "cache")
+    return runs, _policy(root, QUALITY_POLICY)
+
+
+def test_identical_runs_pass_and_degraded_audio_fails(quality_runs, tmp_path):
+    runs, policy = quality_runs
+    assert main(["baseline", "save", str(runs["base"]), "--out", str(tmp_path / "base.json")]) == 0
+    same = gate(runs["same"], tmp_path / "base.json", policy)
+    assert same.exit_code == 0 and {v.status for v in same.verdicts} == {"pass"}
+    noisy = gate(runs["noisy"], tmp_path / "base.json", policy)
+    fad = next(v for v in noisy.verdicts if v.figure == "fad:mel")
+    assert noisy.exit_code == 1 and fad.status == "regression" and fad.p_value < 0.05
+    code = main(["gate", str(runs["noisy"]), "--baseline", str(tmp_path / "base.json"), "--policy", str(policy),
+                 "--junit", str(tmp_path / "g.xml"), "--markdown", str(tmp_path / "g.md")])
+    assert code == 1 and "FAIL" in (tmp_path / "g.md").read_text()
+    assert ET.parse(tmp_path / "g.xml").getroot().get("failures") == "1"
+
+
+def test_baseline_file_round_trips(quality_runs, tmp_path):
+    runs, _ = quality_runs
+    summary = from_runs([runs["base"]])
+    several = from_runs([runs["base"], runs["same"]])  # same cell twice: per-run latencies kept
+    lat = several.cells[next(iter(several.cells))].figures["latency_ms:total:p50"]
+    assert len(lat.run_values) == 2 and lat.value == pytest.approx(np.median(lat.run_values))
+    assert load(save(several, tmp_path / "s.json")).cells == several.cells
+    again = load(save(summary, tmp_path / "b.json"))
+    assert again.environment_key() == summary.environment_key()
+    assert again.cells.keys() == summary.cells.keys()
+    for key, cell in summary.cells.items():
+        assert again.cells[key].figures == cell.figures
+
+
+def test_gate_cli_usage_errors_exit_2(quality_runs, tmp_path, capsys):
+    runs, policy = quality_runs
+    assert main(["gate", str(runs["same"]), "--baseline", str(tmp_path / "nope.json"), "--policy", str(policy)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = _policy(tmp_path, '[[rule]]\nfigure = "x"\nmax_regression = "lots"\n')
+    assert main(["gate", str(runs["same"]), "--baseline", str(runs["base"]), "--policy", str(bad)]) == 2
+
+
+def test_injected_slowdown_fails_the_latency_gate(make_sweep, tmp_path, monkeypatch):
+    import harness.measure as measure
+
+    sweep = make_sweep(steps=[2], latency={"warmup": 1, "repeats": 6, "memory": False})
+    bench_sweep(sweep, tmp_path / "base", progress=False)
+    original = measure.generate
+
+    def slower(*args, **kwargs):
+        time.sleep(0.25)  # a regression no scheduler noise on this machine can hide
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "generate", slower)
+    bench_sweep(sweep, tmp_path / "slow", progress=False)
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "latency_ms:total:p50"\nmax_regression = "10%"\n')
+    result = gate(tmp_path / "slow", tmp_path / "base", policy)
+    assert [v.status for v in result.verdicts] == ["regression"] and result.exit_code == 1
+    assert "Mann-Whitney U (n=6/6)" in result.verdicts[0].test
+
+
+def test_interleaved_ab_session_flags_the_slower_configuration(make_sweep, tmp_path, capsys):
+    fast = make_sweep(steps=[2], prompts={"set": "smoke", "limit": 1}, seeds=[0])
+    slow = make_sweep(steps=[12], prompts={"set": "smoke", "limit": 1}, seeds=[0])
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "latency_ms:total:p50"\nmax_regression = "10%"\n')
+    code = main(["gate-ab", fast, slow, "--policy", str(policy), "--rounds", "6", "--no-progress",
+                 "--junit", str(tmp_path / "ab.xml")])
+    out = capsys.readouterr().out
+    assert code == 1 and "Wilcoxon signed-rank on log ratios (n=6" in out
+    assert ET.parse(tmp_path / "ab.xml").getroot().get("failures") == "1"
+
+
+# --- the use-case files shipped in benchmarks/ ---------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["ci-latency", "quality", "pytest-benchmark"])
+def test_shipped_policies_load(name):
+    policy = load_policy(REPO / "benchmarks" / "gates" / f"{name}.toml")
+    assert policy.rule and all(r.relative is not None or r.absolute is not None for r in policy.rule)
+
+
+@pytest.mark.parametrize("name, n_cells", [("ci-gate", 1), ("quality-regression", 1), ("scheduler-study", 28),
+                                           ("smoke", 4), ("resume-demo", 6), ("gate-study", 1)])
+def test_shipped_sweeps_expand(name, n_cells):
+    from harness.run import prepare
+
+    _, cells, _ = prepare(REPO / "benchmarks" / "sweeps" / f"{name}.toml")
+    assert len(cells) == n_cells
