@@ -59,11 +59,14 @@ def injected(module, name: str, wrap):
         yield
 
 
-def slower(original):
-    def call(*args, **kwargs):
-        time.sleep(0.1)  # about +30 % on a ~0.3 s call
-        return original(*args, **kwargs)
-    return call
+def slower(seconds: float):
+    """A wrapper factory adding ``seconds`` to every call."""
+    def wrap(original):
+        def call(*args, **kwargs):
+            time.sleep(seconds)
+            return original(*args, **kwargs)
+        return call
+    return wrap
 
 
 def noisy(original):
@@ -79,6 +82,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--ab-repeats", type=int, default=0)
     parser.add_argument("--baseline-runs", type=int, default=5, help="runs in the multi-run baseline")
+    parser.add_argument("--slowdown-s", type=float, default=0.25,
+                        help="seconds the injected regression adds to each call (about +50 %% here)")
     parser.add_argument("--out", type=Path, default=Path("gate-study"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +134,7 @@ def run_study(sweep: Path, args: argparse.Namespace) -> None:
             runs_alarmed[name] += bool(failing)
             print(f"identical run {i:2d} vs baseline of {name}: exit {result.exit_code}, failing: {failing}")
     injected_results = {}
-    for name, (module, attr, wrap) in {"slower call": (measure, "generate", slower),
+    for name, (module, attr, wrap) in {"slower call": (measure, "generate", slower(args.slowdown_s)),
                                        "noisy audio": (local, "generate", noisy)}.items():
         with injected(module, attr, wrap):
             run = one_run(sweep, args.out / name.replace(" ", "-"), reference, cache)

@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="folder of reference audio (any format soundfile reads), or cell:<id> of this run")
     sc.add_argument("--embedder", default="mel", help="comma-separated embedders, e.g. mel,clap (default mel)")
     sc.add_argument("--clap-model", help="hub id or local folder for the clap embedder (default laion/clap-htsat-fused)")
+    sc.add_argument("--pann-weights", help="Cnn14_16k_mAP=0.438.pth for the pann embedder "
+                                           "(default $AUDIOLDM2_HARNESS_PANN_WEIGHTS or the harness cache)")
+    sc.add_argument("--vggish-weights", help="vggish-10086976.pth for the vggish embedder (default: torch hub cache)")
     sc.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples over prompts for CIs (0: none)")
     sc.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
     sc.add_argument("--metrics", default="fad,kad,clap_score", help="comma-separated subset of fad,kad,clap_score")
@@ -267,7 +270,8 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from harness.score import print_scores, score_run
 
-    result = score_run(args.run_dir, args.reference, args.embedder, clap_model=args.clap_model,
+    weights = {name: path for name, path in (("pann", args.pann_weights), ("vggish", args.vggish_weights)) if path}
+    result = score_run(args.run_dir, args.reference, args.embedder, clap_model=args.clap_model, weights=weights,
                        device=args.device, bootstrap=args.bootstrap, confidence=args.confidence,
                        cells=args.cells.split(",") if args.cells else None,
                        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],

@@ -115,12 +115,9 @@ def parse_embedders(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _build_embedder(name: str, clap_model: str | None, device: str) -> Embedder:
-    options: dict[str, Any] = {}
+def _build_embedder(name: str, options: dict[str, Any], device: str) -> Embedder:
     if "device" in options_of(name):
-        options["device"] = device
-    if name == "clap" and clap_model:
-        options["model"] = clap_model
+        options = {**options, "device": device}
     return get_embedder(name, **options)
 
 
@@ -142,17 +139,25 @@ class _Group:
 
 
 def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str] = ("mel",), *,
-              clap_model: str | None = None, device: str = "cpu", bootstrap: int = DEFAULT_BOOTSTRAP,
+              clap_model: str | None = None, weights: dict[str, str] | None = None,
+              device: str = "cpu", bootstrap: int = DEFAULT_BOOTSTRAP,
               confidence: float = 0.95, seed: int = 0, cells: Sequence[str] | None = None,
               metrics: Sequence[str] = METRICS, cache_dir: str | Path | None = None,
               min_duration_s: float = DEFAULT_MIN_DURATION_S, progress: bool = False) -> ScoreResult:
     """Score a run folder's stored samples against ``reference``; see the module docstring.
 
     ``cache_dir``: the embedding cache root (None: the user cache; ``"run"``: ``<run>/embeddings``).
+    ``weights``: embedder name -> local weights file (``pann``, ``vggish``).
     """
     names = parse_embedders(embedders)
     if clap_model and "clap" not in names:
         raise ScoreError("--clap-model is set but the clap embedder is not selected; add --embedder ...,clap")
+    options: dict[str, dict[str, Any]] = {"clap": {"model": clap_model}} if clap_model else {}
+    for name, path in (weights or {}).items():
+        if name not in names:
+            raise ScoreError(f"weights are given for {name} but the {name} embedder is not selected; "
+                             f"add --embedder ...,{name}")
+        options[name] = {"weights": path}
     bad_metrics = [m for m in metrics if m not in METRICS]
     if bad_metrics or not metrics:
         raise ScoreError(f"unknown metric {bad_metrics[0] if bad_metrics else ''!r}; valid: {', '.join(METRICS)}")
@@ -171,7 +176,7 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
     try:
         store = RunStore(root)
         try:
-            return _score_locked(store, reference, names, clap_model, device, bootstrap, confidence,
+            return _score_locked(store, reference, names, options, device, bootstrap, confidence,
                                  seed, cells, list(metrics), cache_dir, min_duration_s, progress)
         finally:
             store.close()
@@ -179,7 +184,7 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
         lock.release()
 
 
-def _score_locked(store: RunStore, reference: str, names: list[str], clap_model: str | None,
+def _score_locked(store: RunStore, reference: str, names: list[str], options: dict[str, dict[str, Any]],
                   device: str, bootstrap: int, confidence: float, seed: int,
                   cells: Sequence[str] | None, metrics: list[str], cache_dir, min_duration_s: float,
                   progress: bool) -> ScoreResult:
@@ -214,7 +219,7 @@ def _score_locked(store: RunStore, reference: str, names: list[str], clap_model:
             )
 
     # --- embedders (built after the cheap checks: loading CLAP takes a while)
-    built = [_build_embedder(n, clap_model, device) for n in names]
+    built = [_build_embedder(n, options.get(n, {}), device) for n in names]
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
 
     # --- sources: every ok sample of the scored cells (and the reference cell), then the folder

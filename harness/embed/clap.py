@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.embed._torch import state_dict_sha256
 from harness.embed.audio import RESAMPLER
 from harness.embed.registry import Embedder, EmbedderError, register
 
@@ -59,18 +60,6 @@ def clap_windows(samples: np.ndarray, window: int) -> list[np.ndarray]:
     k = math.ceil(n / window)
     starts = np.round(np.linspace(0, n - window, k)).astype(int)
     return [samples[s:s + window] for s in starts]
-
-
-def state_dict_sha256(module) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every state-dict entry, sorted by name."""
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _tokenizer_sha256(tokenizer) -> str:
