@@ -70,6 +70,7 @@ def slower(seconds: float):
 
 
 def noisy(original):
+    """Wrap ``generate`` so every output gets Gaussian noise (std 0.1): degraded audio."""
     def call(*args, **kwargs):
         audio = original(*args, **kwargs)
         return audio + np.random.default_rng(0).normal(0, 0.1, audio.shape).astype(audio.dtype)

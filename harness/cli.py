@@ -88,10 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--reference", required=True, metavar="DIR|cell:ID",
                     help="folder of reference audio (any format soundfile reads), or cell:<id> of this run")
     sc.add_argument("--embedder", default="mel", help="comma-separated embedders, e.g. mel,clap (default mel)")
-    sc.add_argument("--clap-model", help="hub id or local folder for the clap embedder (default laion/clap-htsat-fused)")
-    sc.add_argument("--pann-weights", help="Cnn14_16k_mAP=0.438.pth for the pann embedder "
-                                           "(default $AUDIOLDM2_HARNESS_PANN_WEIGHTS or the harness cache)")
-    sc.add_argument("--vggish-weights", help="vggish-10086976.pth for the vggish embedder (default: torch hub cache)")
+    _add_weights_options(sc)
     sc.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples over prompts for CIs (0: none)")
     sc.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
     sc.add_argument("--metrics", default="fad,kad,clap_score", help="comma-separated subset of fad,kad,clap_score")
@@ -112,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--label", action="append", metavar="NAME",
                     help="name of a run in the report (repeat once per RUN, in order; default: folder name)")
     rp.set_defaults(func=_cmd_report)
+
+    cmp = sub.add_parser("compare", help="paired tests of two cells of a run: CLAP, FAD and KAD differences")
+    cmp.add_argument("run_dir", metavar="RUN", help="run folder")
+    cmp.add_argument("cell_a", metavar="CELL_A", help="cell id (a unique prefix is enough)")
+    cmp.add_argument("cell_b", metavar="CELL_B", help="cell id to compare with (e.g. the DDIM 200-step baseline)")
+    cmp.add_argument("--reference", required=True, metavar="DIR|cell:ID", help="reference for FAD/KAD, as in score")
+    cmp.add_argument("--embedder", default="mel", help="comma-separated embedders (default mel)")
+    cmp.add_argument("--permutations", type=int, default=999, help="label swaps for the FAD/KAD permutation test")
+    cmp.add_argument("--bootstrap", type=int, default=2000, help="resamples for the paired CLAP bootstrap")
+    cmp.add_argument("--cache-dir", help="embedding cache folder, as in score")
+    _add_weights_options(cmp)
+    cmp.add_argument("--device", default="cpu", help="device for model embedders")
+    cmp.set_defaults(func=_cmd_compare)
 
     _add_gate_parsers(sub)
     return parser
@@ -270,8 +280,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from harness.score import print_scores, score_run
 
-    weights = {name: path for name, path in (("pann", args.pann_weights), ("vggish", args.vggish_weights)) if path}
-    result = score_run(args.run_dir, args.reference, args.embedder, clap_model=args.clap_model, weights=weights,
+    result = score_run(args.run_dir, args.reference, args.embedder, clap_model=args.clap_model, weights=_weights(args),
                        device=args.device, bootstrap=args.bootstrap, confidence=args.confidence,
                        cells=args.cells.split(",") if args.cells else None,
                        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
@@ -294,6 +303,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_weights_options(parser) -> None:
+    parser.add_argument("--clap-model", help="hub id or local folder for the clap embedder (default laion/clap-htsat-fused)")
+    parser.add_argument("--pann-weights", help="Cnn14_16k_mAP=0.438.pth for the pann embedder "
+                                               "(default $AUDIOLDM2_HARNESS_PANN_WEIGHTS or the harness cache)")
+    parser.add_argument("--vggish-weights", help="vggish-10086976.pth for the vggish embedder (default: torch hub cache)")
+
+
+def _weights(args: argparse.Namespace) -> dict[str, str]:
+    return {name: path for name, path in (("pann", args.pann_weights), ("vggish", args.vggish_weights)) if path}
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.paired import compare_cells, print_comparison
+
+    print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
+                                   clap_model=args.clap_model, weights=_weights(args), device=args.device,
+                                   permutations=args.permutations, bootstrap=args.bootstrap,
+                                   cache_dir=args.cache_dir))
+    return EXIT_OK
+
+
 def _add_gate_parsers(sub) -> None:
     gt = sub.add_parser("gate", help="pass/fail a run (or benchmark JSON) against a baseline under a policy")
     gt.add_argument("candidate", metavar="RUN|JSON", help="run folder, baseline file or pytest-benchmark JSON")
@@ -305,7 +335,9 @@ def _add_gate_parsers(sub) -> None:
     bl = sub.add_parser("baseline", help="save a run's figures as a baseline for later gates")
     bl_sub = bl.add_subparsers(dest="action", required=True)
     save = bl_sub.add_parser("save", help="write a baseline summary (keyed by environment) of run folders")
-    save.add_argument("runs", nargs="+", metavar="RUN", help="run folders (later ones win for a repeated cell)")
+    save.add_argument("runs", nargs="+", metavar="RUN",
+                      help="run folders; a cell in several keeps each run's latency and memory (the gate then "
+                           "tests against their spread), other figures come from the last")
     save.add_argument("--out", help="baseline file (default: <first RUN>/baseline.json)")
     save.set_defaults(func=_cmd_baseline_save)
 

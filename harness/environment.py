@@ -56,7 +56,7 @@ def fingerprint() -> dict[str, object]:
     info: dict[str, object] = {
         "versions": {**output_versions(), "numpy": _version("numpy"), "python": platform.python_version()},
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "git_commit": _git_commit(),
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),
@@ -67,6 +67,17 @@ def fingerprint() -> dict[str, object]:
         info["cuda_version"] = torch.version.cuda
         info["driver_version"] = _driver_version()
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows (often just the arch)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _driver_version() -> str | None:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,13 +115,15 @@ def parse_embedders(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _build_embedder(name: str, options: dict[str, Any], device: str) -> Embedder:
+def build_embedder(name: str, options: dict[str, Any], device: str) -> Embedder:
+    """The embedder ``name`` with ``options``, on ``device`` when it takes one."""
     if "device" in options_of(name):
         options = {**options, "device": device}
     return get_embedder(name, **options)
 
 
-def _resolve_cell(prefix: str, cell_ids: Sequence[str]) -> str:
+def resolve_cell(prefix: str, cell_ids: Sequence[str]) -> str:
+    """The one cell id starting with ``prefix``, or a ScoreError naming the candidates."""
     matches = [c for c in cell_ids if c.startswith(prefix)]
     if len(matches) != 1:
         what = "no cell" if not matches else f"{len(matches)} cells"
@@ -193,7 +195,7 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
     for row in store.samples():
         by_cell[row["cell_id"]].append(row)
     known = list(by_cell)
-    wanted = [_resolve_cell(c, known) for c in cells] if cells else known
+    wanted = [resolve_cell(c, known) for c in cells] if cells else known
     skipped: dict[str, str] = {}
 
     # --- the reference
@@ -201,7 +203,7 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
     ref_set: ReferenceSet | None = None
     report_path: Path | None = None
     if reference.startswith("cell:"):
-        ref_cell = _resolve_cell(reference[5:].strip(), known)
+        ref_cell = resolve_cell(reference[5:].strip(), known)
         ref_label = f"cell:{ref_cell}"
         if sum(r["status"] == "ok" for r in by_cell[ref_cell]) < 2:
             raise ScoreError(f"reference {ref_label} has fewer than 2 ok samples")
@@ -219,7 +221,7 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
             )
 
     # --- embedders (built after the cheap checks: loading CLAP takes a while)
-    built = [_build_embedder(n, options.get(n, {}), device) for n in names]
+    built = [build_embedder(n, options.get(n, {}), device) for n in names]
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
 
     # --- sources: every ok sample of the scored cells (and the reference cell), then the folder
@@ -234,13 +236,13 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
         for r in ok:
             path = root / r["audio_path"]
             index.append(len(sources))
-            sources.append(AudioSource(str(path), _clip_loader(path)))
+            sources.append(AudioSource(str(path), clip_loader(path)))
         groups[cell_id] = _Group(ok, len(by_cell[cell_id]) - len(ok), index)
     ref_index: list[int] = []
     if ref_set is not None:
         for e in ref_set.entries:
             ref_index.append(len(sources))
-            sources.append(AudioSource(str(ref_set.root / e.path), _clip_loader(ref_set.root / e.path),
+            sources.append(AudioSource(str(ref_set.root / e.path), clip_loader(ref_set.root / e.path),
                                        e.audio_sha256))
 
     bar = None
@@ -302,11 +304,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _clip_loader(path: Path):
+def clip_loader(path: Path) -> Callable[[], Clip]:
+    """A loader that decodes ``path`` when called (sources are decoded only on cache misses)."""
     return lambda: Clip.from_file(path)
 
 
-def _clip_matrix(arrays: Sequence[np.ndarray]) -> np.ndarray:
+def clip_matrix(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """(n, dim) float64: each clip's window embeddings averaged."""
     return np.stack([np.asarray(a, dtype=np.float64).mean(axis=0) for a in arrays])
 
@@ -346,7 +349,7 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
     unreadable = [emb.errors[group.source_index[k]] for k in range(len(group.rows))
                   if vectors[group.source_index[k]] is None]
     rows = [group.rows[k] for k in usable]
-    x_all = (_clip_matrix([vectors[group.source_index[k]] for k in usable]) if usable
+    x_all = (clip_matrix([vectors[group.source_index[k]] for k in usable]) if usable
              else np.zeros((0, embedder.dim)))
 
     flags = Counter(f for r in rows for f in json.loads(r["flags"] or "[]"))
@@ -377,14 +380,14 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
                            for r, i in zip(ref_group.rows, ref_group.source_index) if vectors[i] is not None}
             pairs = [(k, r) for k, r in zip(usable, rows) if (r["prompt_id"], r["seed"]) in ref_vectors]
             x = x_all[[usable.index(k) for k, _ in pairs]] if pairs else np.zeros((0, embedder.dim))
-            y = _clip_matrix([ref_vectors[(r["prompt_id"], r["seed"])] for _, r in pairs]) if pairs else x
+            y = clip_matrix([ref_vectors[(r["prompt_id"], r["seed"])] for _, r in pairs]) if pairs else x
             prompts = [r["prompt_id"] for _, r in pairs]
             keys = [(r["prompt_id"], r["seed"]) for _, r in pairs]
             extra = {"paired": True, "n_unmatched": len(rows) - len(pairs)}
         else:
             x, prompts = x_all, [r["prompt_id"] for r in rows]
             keys = [(r["prompt_id"], r["seed"]) for r in rows]
-            y = _clip_matrix([vectors[i] for i in ref_index])
+            y = clip_matrix([vectors[i] for i in ref_index])
             extra = {"paired": False}
         n = x.shape[0]
         caveats = []
@@ -398,7 +401,7 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
                                                      confidence, seed)
                 details.update(more)
                 if metric == "fad":
-                    details.update(fad_extras(x, y, keys, seed))
+                    details.update(_fad_extras_or_error(x, y, keys, seed))
             except ValueError as err:
                 value, low, high = None, None, None
                 details["error"] = str(err)
@@ -432,6 +435,14 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
         out.append(row("clap_score", value, len(rows), details, low, high,
                        reference="prompts", reference_id="prompts"))
     return out
+
+
+def _fad_extras_or_error(x: np.ndarray, y: np.ndarray, keys: list[tuple[str, int]], seed: int) -> dict[str, Any]:
+    # Side figures: when they cannot be computed the FAD itself still stands.
+    try:
+        return fad_extras(x, y, keys, seed)
+    except ValueError as err:
+        return {"extras_error": str(err)}
 
 
 def fad_extras(x: np.ndarray, y: np.ndarray, keys: list[tuple[str, int]], seed: int = 0) -> dict[str, Any]:

@@ -100,6 +100,12 @@ def make_sweep(tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def sweep_writer():
+    """make_sweep's writer for module-scoped fixtures: ``sweep_writer(path, **overrides)`` -> path."""
+    return _write_sweep
+
+
 def _write_sweep(path, **overrides) -> str:
     spec = {
         "name": "t", "checkpoints": ["tiny-audio"], "schedulers": ["ddim"], "steps": [3],

@@ -97,6 +97,7 @@ def test_window_rules_are_fixed_and_independent_of_batch_neighbours(name, rows_f
     np.testing.assert_allclose(together[1], alone, rtol=1e-5, atol=1e-6)
     assert np.array_equal(embedder.embed_audio([a])[0], alone)
     assert get_embedder(name).identity_key == embedder.identity_key  # seeded: same weights
+    assert embedder.embed_audio([np.full(1000, 0.1, np.float32)])[0].shape == (1, embedder.dim)  # 62 ms: padded
     assert get_embedder(name, seed=1).identity_key != embedder.identity_key
 
 

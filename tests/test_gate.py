@@ -69,30 +69,30 @@ def test_ci_test_matches_the_normal_approximation_by_hand():
     base = Figure(10.0, "lower", n=8, ci_low=9.0, ci_high=11.0, confidence=0.95)
     cand = Figure(12.0, "lower", n=8, ci_low=11.0, ci_high=13.0, confidence=0.95)
     se = 1.0 / scipy.stats.norm.ppf(0.975)  # half-width / z
-    _, p = significance(base, cand, "lower")
+    p = significance(base, cand, "lower").p
     assert p == pytest.approx(scipy.stats.norm.sf(2.0 / np.sqrt(2 * se**2)), rel=1e-12)
     # Against the allowance (0.5 absolute): is the candidate worse than baseline + 0.5?
-    _, p = significance(allowance(base, Rule(figure="*", max_regression=0.5), "lower"), cand, "lower")
+    p = significance(allowance(base, Rule(figure="*", max_regression=0.5), "lower"), cand, "lower").p
     assert p == pytest.approx(scipy.stats.norm.sf(1.5 / np.sqrt(2 * se**2)), rel=1e-12)
 
 
 def test_unpaired_and_paired_tests_match_scipy():
     rng = np.random.default_rng(0)
     b, c = rng.normal(100, 5, 12), rng.normal(115, 5, 12)
-    _, p = significance(_latency(b), _latency(c), "lower")
+    p = significance(_latency(b), _latency(c), "lower").p
     assert p == pytest.approx(scipy.stats.mannwhitneyu(c, b, alternative="greater").pvalue)
     ten = Rule(figure="*", max_regression="10%")  # latency: the allowance scales the baseline
-    _, p = significance(allowance(_latency(b), ten, "lower"), _latency(c), "lower")
+    p = significance(allowance(_latency(b), ten, "lower"), _latency(c), "lower").p
     assert p == pytest.approx(scipy.stats.mannwhitneyu(c, 1.1 * b, alternative="greater").pvalue)
     keys = [f"round-{i}" for i in range(12)]
-    _, p = significance(allowance(_latency(b, keys), ten, "lower"), _latency(c, keys), "lower")
+    p = significance(allowance(_latency(b, keys), ten, "lower"), _latency(c, keys), "lower").p
     assert p == pytest.approx(scipy.stats.wilcoxon(np.log(c) - np.log(1.1 * b), alternative="greater").pvalue)
 
 
 def test_welch_from_summary_statistics_matches_scipy():
     base = Figure(1.0, "lower", n=10, std=0.1)
     cand = Figure(1.2, "lower", n=10, std=0.1)
-    _, p = significance(base, cand, "lower")
+    p = significance(base, cand, "lower").p
     assert p == pytest.approx(scipy.stats.ttest_ind_from_stats(1.2, 0.1, 10, 1.0, 0.1, 10, equal_var=False,
                                                                alternative="greater").pvalue)
 
@@ -109,12 +109,23 @@ def test_large_significant_slowdown_fails_small_or_noisy_ones_pass():
     base = _latency(rng.normal(100, 2, 10))
     assert _judge(base, _latency(rng.normal(130, 2, 10)), rule).status == "regression"
     assert _judge(base, _latency(rng.normal(105, 2, 10)), rule).status == "pass"  # real, but allowed
-    noisy_base = _latency([100, 60, 140])
-    noisy = _judge(noisy_base, _latency([120, 70, 170]), rule)  # +20 % median, far from significant
+    noisy_base = _latency([100, 60, 140, 80, 120, 90])
+    noisy_cand = _latency([120, 70, 170, 95, 145, 105])  # about +20 %, far from significant
+    noisy = _judge(noisy_base, noisy_cand, rule)
     assert noisy.status == "pass" and noisy.change > 0.10 and noisy.p_value > 0.05
-    forced = _judge(noisy_base, _latency([120, 70, 170]), Rule(figure="*", max_regression="10%", significance=False))
+    forced = _judge(noisy_base, noisy_cand, Rule(figure="*", max_regression="10%", significance=False))
     assert forced.status == "regression"
     assert _judge(base, _latency(rng.normal(70, 2, 10)), rule).status == "improved"
+
+
+def test_too_few_observations_to_ever_fail_is_said_not_passed():
+    rule = Rule(figure="*", max_regression="10%")
+    few = _judge(_latency([100, 101, 102]), _latency([300, 301, 302]), rule)  # 3 calls a side: p >= 1/20
+    assert few.status == "incomparable" and "too few observations" in few.test and "--repeats" in few.test
+    keys = [f"round-{i}" for i in range(4)]
+    rounds = _judge(_latency([100] * 4, keys), _latency([200, 201, 202, 203], keys), rule)  # p >= 1/16
+    assert rounds.status == "incomparable" and "--rounds" in rounds.test
+    assert _judge(_latency([100, 101, 102]), _latency([100, 101, 102]), rule).status == "pass"  # no change: fine
 
 
 def test_paired_clap_drop_fails_and_higher_is_better():
@@ -150,7 +161,8 @@ def test_false_alarm_rate_under_the_null_and_power():
 def test_prediction_test_against_several_baseline_runs_matches_a_hand_computation():
     runs = [100.0, 105.0, 110.0, 95.0]
     base = Figure(float(np.median(runs)), "lower", "ms", "ratio", run_values=runs)
-    desc, p = significance(base, Figure(130.0, "lower", "ms", "ratio"), "lower")
+    test = significance(base, Figure(130.0, "lower", "ms", "ratio"), "lower")
+    desc, p = test.name, test.p
     logs = np.log(runs)
     t = (np.log(130.0) - logs.mean()) / (logs.std(ddof=1) * np.sqrt(1 + 1 / 4))
     assert "4 baseline runs" in desc and p == pytest.approx(scipy.stats.t.sf(t, 3), rel=1e-12)
@@ -177,6 +189,20 @@ def test_a_baseline_of_several_runs_absorbs_run_to_run_drift():
     assert single / 300 > 0.1  # per-call tests mistake drift for regressions...
     assert several / 300 <= 0.05  # ...a 5-run baseline does not
     assert caught / 300 >= 0.8  # and still catches a doubling
+
+
+def test_bonferroni_divides_alpha_by_the_number_of_gated_figures():
+    keys = [f"round-{i}" for i in range(8)]
+    base = _latency([100, 100, 100, 100, 100, 100, 100, 100], keys)
+    cand = _latency([130, 125, 128, 131, 140, 95, 129, 127], keys)  # one-sided Wilcoxon p = 2/256 vs +10 %
+    figures = {f"latency_ms:stage{i}:p50": (base, cand) for i in range(4)}
+    b = _summary({k: v[0] for k, v in figures.items()})
+    c = _summary({k: v[1] for k, v in figures.items()})
+    plain = Policy(rule=[Rule(figure="*", max_regression="10%")])
+    corrected = Policy(correction="bonferroni", rule=[Rule(figure="*", max_regression="10%")])
+    assert compare(b, c, plain).exit_code == 1
+    p = compare(b, c, plain).verdicts[0].p_value
+    assert 0.05 / 4 < p < 0.05 and compare(b, c, corrected).exit_code == 0
 
 
 def test_missing_cells_fail_different_references_cannot_compare():
@@ -276,15 +302,12 @@ significance = false
 
 
 @pytest.fixture(scope="module")
-def quality_runs(tmp_path_factory, tiny_audio_path):
+def quality_runs(tmp_path_factory, tiny_audio_path, sweep_writer):
     """A tiny run, an identical rerun, and a rerun whose audio is degraded by added noise."""
     import harness.execute.local as local
 
     root = tmp_path_factory.mktemp("gate")
-    sweep = root / "sweep.toml"
-    sweep.write_text('name = "g"\ncheckpoints = ["tiny-audio"]\nschedulers = ["ddim"]\nsteps = [3]\n'
-                     'audio_lengths_s = [0.5]\nseeds = [0, 1]\ndevice = "cpu"\nbatch_size = 2\n'
-                     '[prompts]\nset = "smoke"\nlimit = 3\n')
+    sweep = sweep_writer(root / "sweep.toml", prompts={"set": "smoke", "limit": 3})
     runs = {name: root / name for name in ("base", "same", "noisy")}
     run_sweep(sweep, runs["base"], progress=False)
     run_sweep(sweep, runs["same"], progress=False)

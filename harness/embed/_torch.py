@@ -48,7 +48,7 @@ def load_state_dict(model, path: Path, name: str, ignore: tuple[str, ...] = (),
         raise EmbedderError(f"{name}: {path} does not fit the model ({first}); is it the right file?") from None
 
 
-def seeded_module(seed: int, make: Callable[[], Any]):
+def seeded_module(seed: int, make: Callable[[], Any]) -> Any:
     """Build a module with torch's RNG seeded, leaving the global RNG state as it was."""
     import torch
 

@@ -12,7 +12,8 @@ centred with reflect padding; 64 Slaney-scale, Slaney-normalised mel filters fro
 8000 Hz (librosa's default filterbank); ``10 * log10(max(mel, 1e-10))``.
 
 Window rule (fixed): the whole clip is one input and gives one embedding, as in
-frechet-audio-distance; no crops, so the same audio always gives the same embedding. The
+frechet-audio-distance; no crops, so the same audio always gives the same embedding. Clips
+shorter than 0.31 s (the 32 frames the network's five poolings need) are zero-padded to it. The
 network runs in eval mode (no dropout, running batch-norm statistics).
 
 ``tiny-pann`` is the same network with narrow random layers (seeded), for tests.
@@ -41,6 +42,7 @@ _MISSING = (f"pann: weights file {{path}} not found. Download {WEIGHTS_FILE} (Ze
             f"with network: wget -O '{{path}}' '{WEIGHTS_URL}', then copy it here; or point "
             "AUDIOLDM2_HARNESS_PANN_WEIGHTS (or --pann-weights) at it")
 FRONT_END = {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 64, "fmin": 50.0, "fmax": 8000.0}
+MIN_SAMPLES = 31 * FRONT_END["hop_length"]  # 1 + n // hop = 32 centred frames, for five 2x2 poolings
 
 
 def pann_log_mel_filters() -> np.ndarray:
@@ -53,14 +55,14 @@ def pann_log_mel_filters() -> np.ndarray:
                            norm="slaney", mel_scale="slaney")
 
 
-def torch_mel_filters():
+def torch_mel_filters() -> "torch.Tensor":
     """The front end's mel filterbank as a float32 tensor (the published file's ``melW``)."""
     import torch
 
     return torch.from_numpy(pann_log_mel_filters()).float()
 
 
-def build_cnn14(widths: Sequence[int] = FULL_WIDTHS, classes: int = 527):
+def build_cnn14(widths: Sequence[int] = FULL_WIDTHS, classes: int = 527) -> "torch.nn.Module":
     """A Cnn14_16k network (eval mode) whose layer names match the published checkpoint."""
     import torch
     from torch import nn
@@ -131,7 +133,10 @@ class _PannBase(TorchEmbedder):
         for clip in clips:
             if clip.size == 0:
                 raise EmbedderError(f"{self.name}: cannot embed an empty clip")
-            audio = torch.from_numpy(np.asarray(clip, dtype=np.float32).reshape(1, -1)).to(self.device)
+            samples = np.asarray(clip, dtype=np.float32).reshape(-1)
+            if samples.size < MIN_SAMPLES:  # five 2x2 poolings need 32 frames
+                samples = np.pad(samples, (0, MIN_SAMPLES - samples.size))
+            audio = torch.from_numpy(samples[None]).to(self.device)
             with torch.no_grad():
                 out.append(self.model(audio).to("cpu").numpy().astype(np.float32))
         return out

@@ -75,7 +75,7 @@ def vggish_examples(samples: np.ndarray) -> np.ndarray:
     return log_mel[: n * f["example_frames"]].reshape(n, f["example_frames"], f["n_mels"])
 
 
-def build_vggish(widths: Sequence[int] = FULL_WIDTHS, dim: int = 128):
+def build_vggish(widths: Sequence[int] = FULL_WIDTHS, dim: int = 128) -> "torch.nn.Module":
     """A VGGish network (eval mode, no PCA, no final ReLU) with torchvggish's layer names."""
     import torch
     from torch import nn

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from harness.config import Cell, ConfigError
+from harness.data.prompts import Prompt
 from harness.environment import fingerprint
 from harness.gate.summary import CellSummary, Figure, Summary
 from harness.instrument import StageTimer
@@ -33,7 +34,7 @@ class _Side:
 
     config: Path
     cells: list[Cell]
-    prompts: list
+    prompts: list[Prompt]
     allow_unsafe: bool
     cache: PipelineCache
 

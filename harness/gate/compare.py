@@ -4,7 +4,8 @@ A figure fails only when its regression is larger than the rule allows AND (unle
 says ``significance = false``) a one-sided test at ``alpha = 1 - confidence`` says that the
 candidate is worse than the baseline *moved by the allowance* (e.g. 10 % slower): the null
 hypothesis is "the regression is at most what the policy allows", so noise alone, and even a
-real change within the allowance, fails a pull request in at most alpha of cases. The test is
+real change within the allowance, fails a figure in at most alpha of cases (per figure; the
+policy's ``correction = "bonferroni"`` divides alpha by the number of gated figures). The test is
 the strongest the data allow:
 
 1. paired observations (same keys on both sides: per-sample CLAP scores of the same prompts and
@@ -34,6 +35,16 @@ from harness.metrics.bootstrap import paired_bootstrap
 
 Status = Literal["pass", "improved", "regression", "missing", "incomparable"]
 FAILING: tuple[Status, ...] = ("regression", "missing")
+
+
+@dataclass(frozen=True)
+class Test:
+    """A significance test's name, its one-sided p-value (None: no test possible), and the
+    smallest p-value it could give with this many observations."""
+
+    name: str
+    p: float | None
+    floor: float = 0.0
 
 
 class GateError(ValueError):
@@ -68,10 +79,14 @@ class GateResult:
 
     @property
     def exit_code(self) -> int:
-        """0 pass, 1 regression (or a baseline cell missing), 2 a figure that cannot be compared."""
-        if any(v.status == "incomparable" for v in self.verdicts):
-            return 2
-        return 1 if any(v.status in FAILING for v in self.verdicts) else 0
+        """1 regression (or a baseline cell missing), else 2 if a figure cannot be compared, else 0.
+
+        A regression wins over a data error: CI set-ups that read 2 as "infrastructure problem"
+        must not wave a real regression through because another figure was incomparable.
+        """
+        if any(v.status in FAILING for v in self.verdicts):
+            return 1
+        return 2 if any(v.status == "incomparable" for v in self.verdicts) else 0
 
 
 def environment_differences(baseline: Summary, candidate: Summary) -> list[str]:
@@ -87,19 +102,20 @@ def compare(baseline: Summary, candidate: Summary, policy: Policy, allow_env_mis
         raise GateError(f"baseline and candidate were measured in different environments ({'; '.join(diffs)}); "
                         "save a baseline in this environment, or pass --allow-env-mismatch to compare anyway")
     result = GateResult([], diffs, new_cells=sorted(set(candidate.cells) - set(baseline.cells)))
-    for key, base_cell in baseline.cells.items():
+    gated = [(key, cell, name, fig, policy.rule_for(name)) for key, cell in baseline.cells.items()
+             for name, fig in sorted(cell.figures.items())]
+    result.ungated = sum(rule is None for *_, rule in gated)
+    gated = [g for g in gated if g[-1] is not None]
+    # Bonferroni: the chance that ANY figure fails on noise stays at alpha, at the cost of power.
+    alpha = policy.alpha / max(len(gated), 1) if policy.correction == "bonferroni" else policy.alpha
+    for key, base_cell, name, base_fig, rule in gated:
         cand_cell = candidate.cells.get(key)
-        for name, base_fig in sorted(base_cell.figures.items()):
-            rule = policy.rule_for(name)
-            if rule is None:
-                result.ungated += 1
-            elif cand_cell is None or name not in cand_cell.figures:
-                where = "cell" if cand_cell is None else "figure"
-                result.verdicts.append(Verdict(key, base_cell.label, name, "missing", base_fig.value,
-                                               allowed=rule.describe(), test=f"{where} not in candidate"))
-            else:
-                result.verdicts.append(judge(key, base_cell.label, name, base_fig, cand_cell.figures[name],
-                                             rule, policy.alpha))
+        if cand_cell is None or name not in cand_cell.figures:
+            where = "cell" if cand_cell is None else "figure"
+            result.verdicts.append(Verdict(key, base_cell.label, name, "missing", base_fig.value,
+                                           allowed=rule.describe(), test=f"{where} not in candidate"))
+        else:
+            result.verdicts.append(judge(key, base_cell.label, name, base_fig, cand_cell.figures[name], rule, alpha))
     return result
 
 
@@ -115,9 +131,14 @@ def judge(cell: str, label: str, name: str, base: Figure, cand: Figure, rule: Ru
     worse = (cand.value - base.value) * (1 if better == "lower" else -1)
     verdict.change = _relative(worse, base.value) if rule.relative is not None else worse
     limit = rule.relative if rule.relative is not None else rule.absolute
-    verdict.test, verdict.p_value = significance(allowance(base, rule, better), cand, better)
-    significant = verdict.p_value is None or verdict.p_value < alpha
-    if verdict.change > limit and (significant or not rule.significance):
+    test = significance(allowance(base, rule, better), cand, better)
+    verdict.test, verdict.p_value = test.name, test.p
+    significant = test.p is None or test.p < alpha
+    if verdict.change > limit and rule.significance and not significant and test.floor >= alpha:
+        verdict.status = "incomparable"  # a pass here would only mean "too few observations"
+        verdict.test += (f"; too few observations: this test cannot go below p = {test.floor:.3g} >= alpha "
+                         f"{alpha:g}; time more calls (bench --repeats) or rounds (gate-ab --rounds)")
+    elif verdict.change > limit and (significant or not rule.significance):
         verdict.status = "regression"
     elif verdict.change < 0 and _better_beyond_doubt(base, cand, better, alpha):
         verdict.status = "improved"
@@ -147,7 +168,7 @@ def allowance(base: Figure, rule: Rule, better: str) -> Figure:
 
 
 def _better_beyond_doubt(base: Figure, cand: Figure, better: str, alpha: float) -> bool:
-    _, p_worse = significance(base, cand, better)
+    p_worse = significance(base, cand, better).p
     return p_worse is not None and p_worse > 1 - alpha
 
 
@@ -156,8 +177,16 @@ def _incomparable(base: Figure, cand: Figure, better: str | None) -> str:
         return "no direction known for this figure: set better = \"lower\" or \"higher\" in its rule"
     if base.value is None or cand.value is None:
         return "no value on one side"
+    if base.unit != cand.unit:
+        return f"measured in different units ({base.unit!r} vs {cand.unit!r}, e.g. another bench batch size)"
     if base.reference_id != cand.reference_id:
         return f"scored against different references ({base.reference_id} vs {cand.reference_id}); score both against the same"
+    if base.embedder_id != cand.embedder_id:
+        return (f"measured by different embedders ({base.embedder_id} vs {cand.embedder_id}: other weights or "
+                "front end); score both with the same")
+    if base.reference_id is not None and base.n != cand.n and base.scale == "difference" and base.samples is None:
+        return (f"set metric over n={base.n} vs n={cand.n} samples: FAD/KAD depend on n; compare at equal n "
+                "(e.g. run --retry-failed, or the same prompt and seed set)")
     return ""
 
 
@@ -167,8 +196,8 @@ def _relative(worse: float, base: float) -> float:
     return worse / abs(base)
 
 
-def significance(base: Figure, cand: Figure, better: str) -> tuple[str, float | None]:
-    """(test description, one-sided p-value that the candidate is worse than ``base``), or (reason, None)."""
+def significance(base: Figure, cand: Figure, better: str) -> Test:
+    """The strongest test the data allow of "the candidate is worse than ``base``" (one-sided)."""
     alternative = "greater" if better == "lower" else "less"  # candidate minus baseline, if worse
     paired = _pairs(base, cand)
     if paired is not None:
@@ -177,17 +206,17 @@ def significance(base: Figure, cand: Figure, better: str) -> tuple[str, float | 
         return _prediction_test(np.asarray(base.run_values), cand.value, base.scale, alternative)
     if _enough(base.samples) and _enough(cand.samples):
         b, c = np.asarray(base.samples), np.asarray(cand.samples)
+        name, floor = f"Mann-Whitney U (n={b.size}/{c.size})", 1.0 / math.comb(b.size + c.size, b.size)
         if np.ptp(np.concatenate([b, c])) == 0:
-            return f"Mann-Whitney U (n={b.size}/{c.size}, all equal)", 1.0
-        p = scipy.stats.mannwhitneyu(c, b, alternative=alternative).pvalue
-        return f"Mann-Whitney U (n={b.size}/{c.size})", float(p)
+            return Test(name + ", all equal", 1.0, floor)
+        return Test(name, float(scipy.stats.mannwhitneyu(c, b, alternative=alternative).pvalue), floor)
     if _has_ci(base) and _has_ci(cand):
         return _ci_test(base, cand, alternative)
     if base.std is not None and cand.std is not None and (base.n or 0) > 1 and (cand.n or 0) > 1:
         p = scipy.stats.ttest_ind_from_stats(cand.value, cand.std, cand.n, base.value, base.std, base.n,
                                              equal_var=False, alternative=alternative).pvalue
-        return f"Welch t (n={base.n}/{cand.n})", float(p) if np.isfinite(p) else 1.0
-    return "no uncertainty data: threshold alone", None
+        return Test(f"Welch t (n={base.n}/{cand.n})", float(p) if np.isfinite(p) else 1.0)
+    return Test("no uncertainty data: threshold alone", None)
 
 
 def _enough(samples: list[float] | None) -> bool:
@@ -209,31 +238,31 @@ def _pairs(base: Figure, cand: Figure) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array([b[k] for k in common]), np.array([c[k] for k in common])
 
 
-def _paired_test(b: np.ndarray, c: np.ndarray, scale: str, alternative: str) -> tuple[str, float]:
+def _paired_test(b: np.ndarray, c: np.ndarray, scale: str, alternative: str) -> Test:
     if scale == "ratio" and np.all(b > 0) and np.all(c > 0):
         d = np.log(c) - np.log(b)
+        name, floor = f"Wilcoxon signed-rank on log ratios (n={d.size})", 0.5 ** d.size if d.size <= 50 else 0.0
         if np.all(d == 0):
-            return f"Wilcoxon signed-rank on log ratios (n={d.size}, all equal)", 1.0
-        p = scipy.stats.wilcoxon(d, alternative=alternative).pvalue
-        return f"Wilcoxon signed-rank on log ratios (n={d.size}, median ratio {np.exp(np.median(d)):.3f})", float(p)
+            return Test(name + ", all equal", 1.0, floor)
+        return Test(name, float(scipy.stats.wilcoxon(d, alternative=alternative).pvalue), floor)
     res = paired_bootstrap(c, b, n_resamples=2999, method="percentile")
     # The two-sided bootstrap p halves to a one-sided one when the shift points the tested way.
     bad = res.mean_diff > 0 if alternative == "greater" else res.mean_diff < 0
     p = res.p_value / 2 if bad else 1 - res.p_value / 2
-    return f"paired bootstrap (n={res.n}, mean diff {res.mean_diff:+.4g})", float(min(1.0, p))
+    return Test(f"paired bootstrap (n={res.n})", float(min(1.0, p)))
 
 
-def _prediction_test(runs: np.ndarray, value: float, scale: str, alternative: str) -> tuple[str, float]:
+def _prediction_test(runs: np.ndarray, value: float, scale: str, alternative: str) -> Test:
     # Is the candidate beyond what one more baseline run would plausibly give? t with k-1 df.
     if scale == "ratio" and np.all(runs > 0) and value > 0:
         runs, value = np.log(runs), math.log(value)
     k = runs.size
     t = (value - runs.mean()) / (runs.std(ddof=1) * math.sqrt(1 + 1 / k))
     p = scipy.stats.t.sf(t, k - 1) if alternative == "greater" else scipy.stats.t.cdf(t, k - 1)
-    return f"prediction t vs {k} baseline runs", float(p)
+    return Test(f"prediction t vs {k} baseline runs", float(p))
 
 
-def _ci_test(base: Figure, cand: Figure, alternative: str) -> tuple[str, float]:
+def _ci_test(base: Figure, cand: Figure, alternative: str) -> Test:
     # Each interval gives a standard error (normal approximation at its own confidence).
     def se(f: Figure) -> float:
         z = scipy.stats.norm.ppf(0.5 + (f.confidence or 0.95) / 2)
@@ -245,7 +274,7 @@ def _ci_test(base: Figure, cand: Figure, alternative: str) -> tuple[str, float]:
         p = 0.0 if diff > 0 else 1.0  # exact figures: any change is real
     else:
         p = float(scipy.stats.norm.sf(diff / spread))
-    return f"normal approx. from the CIs (n={base.n}/{cand.n})", p
+    return Test(f"normal approx. from the CIs (n={base.n}/{cand.n})", p)
 
 
 def summarize_counts(result: GateResult) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,12 +31,16 @@ def _change(v: Verdict) -> str:
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    # GitHub renders inline HTML in comments: escape it, and the table's pipes.
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown(result: GateResult, title: str = "audioldm2-harness gate") -> str:
     """Headline, the failing and improved figures, then every gated figure in a collapsed table."""
     headline = {0: "PASS", 1: "FAIL: regression", 2: "ERROR: cannot compare"}[result.exit_code]
+    unjudged = sum(v.status == "incomparable" for v in result.verdicts)
+    if result.exit_code == 1 and unjudged:
+        headline += f" (and {unjudged} figure(s) could not be compared)"
     lines = [f"### {title}: {headline}", ""]
     if result.environment_differences:
         lines += [f"> compared across environments (allowed): {'; '.join(result.environment_differences)}", ""]
@@ -47,7 +53,8 @@ def markdown(result: GateResult, title: str = "audioldm2-harness gate") -> str:
               "</details>", "",
               f"{len(result.verdicts)} figures gated, {result.ungated} not matched by any rule"
               + (f"; cells only in the candidate (not gated): {len(result.new_cells)}" if result.new_cells else "")
-              + ". A figure fails only when its regression exceeds the allowance and is significant."]
+              + ". A figure fails when its regression exceeds the allowance and is significant (or, where "
+              "a rule sets significance = false or the data give no test, on the threshold alone)."]
     return "\n".join(lines) + "\n"
 
 
@@ -55,9 +62,16 @@ def _table(verdicts: list[Verdict]) -> list[str]:
     rows = ["| cell | figure | baseline | candidate | change (worse > 0) | allowed | test | p | verdict |",
             "|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
-        rows.append(f"| {_escape(v.label)} | {v.figure} | {_num(v.baseline)} | {_num(v.candidate)} | {_change(v)} "
+        rows.append(f"| {_escape(v.label)} | {_escape(v.figure)} | {_num(v.baseline)} | {_num(v.candidate)} | {_change(v)} "
                     f"| {v.allowed} | {_escape(v.test)} | {_num(v.p_value)} | {_MARK[v.status]} |")
     return rows
+
+
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _xml(text: str) -> str:
+    return _XML_INVALID.sub("?", text)
 
 
 def junit(result: GateResult, path: str | Path, suite: str = "audioldm2-harness gate") -> Path:
@@ -67,8 +81,8 @@ def junit(result: GateResult, path: str | Path, suite: str = "audioldm2-harness 
     root = ET.Element("testsuite", name=suite, tests=str(len(result.verdicts)),
                       failures=str(failures), errors=str(errors), skipped="0")
     for v in result.verdicts:
-        case = ET.SubElement(root, "testcase", classname=v.label, name=v.figure)
-        detail = (f"baseline {_num(v.baseline)} {v.unit}, candidate {_num(v.candidate)} {v.unit}, "
+        case = ET.SubElement(root, "testcase", classname=_xml(f"{v.label} [{v.cell[:12]}]"), name=_xml(v.figure))
+        detail = _xml(f"baseline {_num(v.baseline)} {v.unit}, candidate {_num(v.candidate)} {v.unit}, "
                   f"change {_change(v)} (allowed {v.allowed}); {v.test}; p={_num(v.p_value)}")
         if v.status in FAILING:
             ET.SubElement(case, "failure", message=f"{v.status}: {v.figure}").text = detail

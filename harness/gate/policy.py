@@ -3,6 +3,7 @@
 A policy file (TOML)::
 
     confidence = 0.95             # one-sided tests at alpha = 1 - confidence
+    correction = "none"           # or "bonferroni": alpha / (number of gated figures)
 
     [[rule]]
     figure = "latency_ms:*:p50"   # fnmatch pattern over figure names; the first match wins
@@ -75,6 +76,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    correction: Literal["none", "bonferroni"] = "none"  # for the number of gated figures
     rule: list[Rule] = Field(default_factory=list)
 
     def rule_for(self, figure: str) -> Rule | None:
@@ -96,7 +98,7 @@ def load_policy(path: str | Path) -> Policy:
         loc = ".".join(str(p) for p in e["loc"])
         msg = re.sub(r"^Value error, ", "", e["msg"])
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; allowed: confidence, rule (with figure, max_regression, significance, better)"
+            msg = "unknown key; allowed: confidence, correction, rule (with figure, max_regression, significance, better)"
         raise PolicyError(f"{path}: {loc}: {msg}") from None
     if not policy.rule:
         raise PolicyError(f"{path}: no [[rule]] tables; add at least one (see benchmarks/gates/)")

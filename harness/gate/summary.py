@@ -17,7 +17,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from harness.report.frame import STAGES, TOTAL, RunData, cell_label, config_key, latency_samples, load_run
+from harness.report.frame import (
+    STAGES, TOTAL, RunData, cell_label, cell_latency, config_key, load_run, quality_names,
+)
 
 SCHEMA = 1
 Better = Literal["lower", "higher"]
@@ -44,6 +46,7 @@ class Figure:
     samples: list[float] | None = None  # raw observations
     keys: list[str] | None = None  # one per sample: equal keys in two summaries pair them
     reference_id: str | None = None  # quality figures: what they were measured against
+    embedder_id: str | None = None  # quality figures: which weights and front end measured them
 
 
 @dataclass
@@ -81,6 +84,11 @@ def from_runs(run_dirs: Sequence[str | Path]) -> Summary:
     """
     runs = [load_run(d) for d in run_dirs]
     summary = Summary(",".join(str(d) for d in run_dirs), runs[0].environment)
+    for run in runs[1:]:
+        other = Summary(str(run.path), run.environment).environment_key()
+        if other != summary.environment_key():
+            raise SummaryError(f"{run.path} was measured in another environment ({other}) than {runs[0].path} "
+                               f"({summary.environment_key()}); a baseline pools runs of one environment")
     per_run: dict[str, list[CellSummary]] = {}
     for run in runs:
         for cell in run.cells:
@@ -114,10 +122,11 @@ def _cell_figures(run: RunData, cell: dict[str, Any]) -> dict[str, Figure]:
 def _latency_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
     out = {}
     for stage in (TOTAL, *STAGES):
-        seconds, _ = latency_samples(run, cell_id, stage)
-        if seconds.size:
-            ms = [float(v) * 1e3 for v in seconds]
-            out[f"latency_ms:{stage}:p50"] = Figure(float(np.median(ms)), "lower", "ms", "ratio", len(ms), samples=ms)
+        lat = cell_latency(run, cell_id, stage)
+        if lat is not None:
+            ms = [float(v) * 1e3 for v in lat.seconds] or None  # none: an old bench's medians only
+            out[f"latency_ms:{stage}:p50"] = Figure(lat.p50 * 1e3, "lower", lat.unit, "ratio",
+                                                    len(ms) if ms else None, samples=ms)
     return out
 
 
@@ -144,17 +153,17 @@ def _memory_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
 
 
 def _quality_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
+    rows = [m for m in run.metrics if m["cell_id"] == cell_id and m["value"] is not None]
+    names = quality_names(rows)
     out = {}
-    for m in run.metrics:
-        if m["cell_id"] != cell_id or m["value"] is None:
-            continue
+    for m in rows:
         better: Better = "higher" if m["metric"] == "clap_score" else "lower"
         per_sample = m["details"].get("per_sample") or []
-        out[f"{m['metric']}:{m['embedder']}"] = Figure(
+        out[names[(m["metric"], m["embedder"], m["embedder_id"], m["reference_id"])]] = Figure(
             m["value"], better, "", "difference", m["n"], m["ci_low"], m["ci_high"], m["confidence"],
             samples=[float(s) for _, _, s in per_sample] or None,
             keys=[f"{p}|{seed}" for p, seed, _ in per_sample] or None,
-            reference_id=m["reference_id"],
+            reference_id=m["reference_id"], embedder_id=m["embedder_id"],
         )
     return out
 

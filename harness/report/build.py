@@ -205,10 +205,10 @@ def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
                      f"higher is better. Embedders: {', '.join(embedders)}.")
     if refs:
         notes.append("FAD/KAD reference: " + "; ".join(f"{name} (id {rid})" for name, rid in refs) + ".")
-    sources = sorted(set(cells["latency_source"].dropna()))
-    notes.append("Latency: median (p50) of whole pipeline calls at batch 1 or the smallest measured batch, "
-                 f"source {' and '.join(sources) or 'none'} (bench: timed calls; run: per-sample generation "
-                 "timings); RTF = compute seconds per second of audio.")
+    units = sorted(set(cells["latency_unit"].dropna()))
+    notes.append(f"Latency: median (p50) and p90 in {' / '.join(units) or 'no unit: not measured'} (bench: "
+                 "timed whole-pipeline calls at the smallest measured batch; run: generation timings per "
+                 "sample); RTF = compute seconds per second of audio.")
     return notes
 
 
@@ -284,7 +284,7 @@ def table_columns(cells: pd.DataFrame) -> list[dict[str, Any]]:
                 num("steps", "steps"), num("guidance", "guidance_scale"), text("dtype", "dtype"),
                 num("ok", "n_ok"), num("failed", "n_failed"), num("flagged", "n_flagged"),
                 num("latency p50 (ms)", "latency_ms:total:p50"), num("latency p90 (ms)", "latency_ms:total:p90"),
-                num("RTF", "rtf", 3), text("latency source", "latency_source")]
+                num("RTF", "rtf", 3), text("latency source", "latency_source"), text("latency unit", "latency_unit")]
     for column in cells.columns:
         if column.startswith("memory_mib:total:"):
             kind = column.split(":")[2]

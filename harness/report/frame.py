@@ -6,10 +6,10 @@ Column families of ``cell_frame`` (all flat, so the frame goes to CSV/Parquet as
   versions, so the same configuration matches across runs made before and after an upgrade),
   ``label``, ``checkpoint``, ``scheduler``, ``steps``, ``guidance_scale``, ``dtype``, ...
 * counts: ``n_ok``, ``n_failed``, ``n_flagged``;
-* latency, ms: ``latency_ms:<stage>:p50`` and ``:p90`` from ``bench`` measurements (batch 1 or
-  the smallest measured) when the cell has them, else from the per-batch timings ``run``
-  stored (``latency_source`` says which; the two are not mixed within a cell);
-  ``rtf`` (compute seconds per second of audio);
+* latency, ms: ``latency_ms:<stage>:p50`` and ``:p90`` from ``bench`` measurements (per call,
+  at the smallest measured batch) when the cell has them, else from the timings ``run`` stored
+  (per sample); ``latency_source`` and ``latency_unit`` say which (the two are never mixed
+  within a cell); ``rtf`` (compute seconds per second of audio, batch accounted for);
 * memory, MiB: ``memory_mib:<stage>:<kind>`` with the kind's own label (rss_peak,
   allocated_peak, reserved_peak, nvml_used), never one for another;
 * quality: ``<metric>:<embedder>`` and its ``:ci_low``, ``:ci_high``, ``:n``; when one cell was
@@ -71,10 +71,20 @@ def config_key(cell: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
+_RUNTIME_DEFAULTS = {"attention_backend": "sdpa", "compile": "none", "cpu_offload": False, "vae_slicing": False,
+                     "vae_tiling": False}
+
+
 def cell_label(cell: dict[str, Any]) -> str:
-    """Short human-readable description of a cell's settings."""
+    """Short description of a cell's settings; runtime options and negative prompts only when set."""
     name = Path(cell["checkpoint"]).name
-    return f"{name}/{cell['scheduler']}/{cell['steps']}st/g{cell['guidance_scale']:g}/{cell['dtype']}"
+    label = (f"{name}/{cell['scheduler']}/{cell['steps']}st/g{cell['guidance_scale']:g}/{cell['dtype']}"
+             f"/{cell['audio_length_s']:g}s")
+    if cell.get("negative_prompt"):
+        label += "/neg"
+    runtime = json.loads(cell.get("runtime_options") or "{}")
+    extras = [f"{k}={v}" for k, v in sorted(runtime.items()) if _RUNTIME_DEFAULTS.get(k, v) != v]
+    return label + (f"/{','.join(extras)}" if extras else "")
 
 
 def cell_frame(runs: Sequence[RunData]) -> pd.DataFrame:
@@ -107,15 +117,41 @@ def sample_frame(runs: Sequence[RunData]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def latency_samples(run: RunData, cell_id: str, stage: str = TOTAL) -> tuple[np.ndarray, str]:
-    """Per-call seconds of one stage (bench calls, else per-sample run timings) and their source."""
-    calls = [m for m in run.measurements
-             if m["cell_id"] == cell_id and m["kind"] == "call" and m["stage"] == stage]
-    if calls:
-        smallest = min(m["batch_size"] for m in calls)
-        values = [m["value"] for m in sorted(calls, key=lambda m: m["metric"]) if m["batch_size"] == smallest]
-        return np.asarray(values, dtype=np.float64), "bench"
-    return _run_timings(run, cell_id, stage), "run"
+@dataclass(frozen=True)
+class Latency:
+    """Timings of one stage of one cell: per timed call of ``batch`` samples (bench), or per
+    sample (run timings, ``batch`` 1); ``p50``/``p90`` come from ``seconds`` when it is there,
+    else from the summary rows of a bench made before per-call rows were stored."""
+
+    seconds: np.ndarray
+    source: str  # "bench", "run" or "bench summary"
+    batch: int
+    p50: float
+    p90: float
+
+    @property
+    def unit(self) -> str:
+        """What one observation is: 'ms per call of N' or 'ms per sample'."""
+        return f"ms per call of {self.batch}" if self.source.startswith("bench") else "ms per sample"
+
+
+def cell_latency(run: RunData, cell_id: str, stage: str = TOTAL) -> Latency | None:
+    """Latency of one stage: bench calls at the smallest measured batch, else run timings."""
+    rows = [m for m in run.measurements if m["cell_id"] == cell_id and m["stage"] == stage
+            and m["kind"] in ("call", "latency")]
+    if rows:
+        batch = min(m["batch_size"] for m in rows)
+        calls = sorted((m for m in rows if m["kind"] == "call" and m["batch_size"] == batch), key=lambda m: m["metric"])
+        if calls:
+            values = np.asarray([m["value"] for m in calls], dtype=np.float64)
+            return Latency(values, "bench", batch, float(np.median(values)), float(np.percentile(values, 90)))
+        stats = {m["metric"]: m["value"] for m in rows if m["batch_size"] == batch}
+        if "median" in stats:
+            return Latency(np.zeros(0), "bench summary", batch, stats["median"], stats.get("p90", float("nan")))
+    values = _run_timings(run, cell_id, stage)
+    if not values.size:
+        return None
+    return Latency(values, "run", 1, float(np.median(values)), float(np.percentile(values, 90)))
 
 
 def _run_timings(run: RunData, cell_id: str, stage: str) -> np.ndarray:
@@ -149,17 +185,16 @@ def _counts(run: RunData, cell_id: str) -> dict[str, int]:
 
 
 def _latency(run: RunData, cell: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    source = None
+    out: dict[str, Any] = {"latency_source": None, "latency_unit": None}
     for stage in (TOTAL, *STAGES):
-        values, src = latency_samples(run, cell["id"], stage)
-        if values.size:
-            source = source or src
-            out[f"latency_ms:{stage}:p50"] = float(np.median(values)) * 1e3
-            out[f"latency_ms:{stage}:p90"] = float(np.percentile(values, 90)) * 1e3
-    if f"latency_ms:{TOTAL}:p50" in out:
-        out["rtf"] = out[f"latency_ms:{TOTAL}:p50"] / 1e3 / cell["audio_length_s"]
-    out["latency_source"] = source
+        lat = cell_latency(run, cell["id"], stage)
+        if lat is None:
+            continue
+        if stage == TOTAL:
+            out.update({"latency_source": lat.source, "latency_unit": lat.unit,
+                        "rtf": lat.p50 / (cell["audio_length_s"] * lat.batch)})  # compute s per audio s
+        out[f"latency_ms:{stage}:p50"] = lat.p50 * 1e3
+        out[f"latency_ms:{stage}:p90"] = lat.p90 * 1e3
     return out
 
 
@@ -172,18 +207,24 @@ def _memory(run: RunData, cell_id: str) -> dict[str, float]:
             for m in rows if m["batch_size"] == smallest and "/" not in m["stage"]}
 
 
-def _quality_names(runs: Sequence[RunData]) -> dict[tuple, str]:
-    """Column name per (metric, embedder, reference id); the reference is named only when needed."""
-    refs: dict[tuple, set[str]] = {}
-    for run in runs:
-        for m in run.metrics:
-            refs.setdefault((m["metric"], m["embedder"]), set()).add(m["reference_id"])
+def quality_names(metric_rows: Sequence[dict[str, Any]]) -> dict[tuple, str]:
+    """Column name per (metric, embedder, embedder_id, reference_id): ``metric:embedder``, with
+    ``@<reference id>`` and ``#<embedder id>`` added only where the rows need them told apart."""
+    seen: dict[tuple, set[tuple[str, str]]] = {}
+    for m in metric_rows:
+        seen.setdefault((m["metric"], m["embedder"]), set()).add((m["embedder_id"], m["reference_id"]))
     names = {}
-    for (metric, embedder), ids in refs.items():
-        for ref in ids:
-            suffix = f"@{ref[:12]}" if len(ids) > 1 else ""
-            names[(metric, embedder, ref)] = f"{metric}:{embedder}{suffix}"
+    for (metric, embedder), pairs in seen.items():
+        many_refs = len({r for _, r in pairs}) > 1
+        many_ids = len({e for e, _ in pairs}) > 1
+        for emb_id, ref in pairs:
+            name = f"{metric}:{embedder}" + (f"@{ref[:12]}" if many_refs else "")
+            names[(metric, embedder, emb_id, ref)] = name + (f"#{emb_id.rsplit('-', 1)[-1][:8]}" if many_ids else "")
     return names
+
+
+def _quality_names(runs: Sequence[RunData]) -> dict[tuple, str]:
+    return quality_names([m for run in runs for m in run.metrics])
 
 
 def _quality(run: RunData, cell_id: str, names: dict[tuple, str]) -> dict[str, Any]:
@@ -191,7 +232,7 @@ def _quality(run: RunData, cell_id: str, names: dict[tuple, str]) -> dict[str, A
     for m in run.metrics:
         if m["cell_id"] != cell_id:
             continue
-        name = names[(m["metric"], m["embedder"], m["reference_id"])]
+        name = names[(m["metric"], m["embedder"], m["embedder_id"], m["reference_id"])]
         out.update({name: m["value"], f"{name}:ci_low": m["ci_low"], f"{name}:ci_high": m["ci_high"],
                     f"{name}:n": m["n"]})
     return out

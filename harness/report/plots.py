@@ -134,16 +134,30 @@ def quality_steps_plot(frame: pd.DataFrame, out_dir: str | Path) -> Path | None:
     return _save(fig, out_dir, "quality_steps.png")
 
 
+# Cells on one steps line differ only in steps: a line never joins other guidance scales etc.
+_LINE_SETTINGS = ["guidance_scale", "dtype", "audio_length_s", "negative_prompt", "runtime_options"]
+
+
+def _variant(row: pd.Series) -> str:
+    """g3.5 fp32 10.24s (+neg, +runtime options when set): what tells one steps line from another."""
+    text = f"g{row['guidance_scale']:g} {row['dtype']} {row['audio_length_s']:g}s"
+    return text + (" +neg" if row.get("negative_prompt") else "")
+
+
 def _steps_lines(ax, part: pd.DataFrame, column: str, colours: dict[str, tuple]) -> None:
     for scheduler in sorted(set(part["scheduler"].astype(str))):
-        rows = part[part["scheduler"].astype(str) == scheduler].sort_values("steps")
-        y = rows[column].to_numpy(float)
-        low = rows.get(f"{column}:ci_low", pd.Series(np.nan, index=rows.index)).to_numpy(float)
-        high = rows.get(f"{column}:ci_high", pd.Series(np.nan, index=rows.index)).to_numpy(float)
-        # Cells without a CI get a zero-length bar rather than dropping the point.
-        err = np.vstack([np.nan_to_num(y - low), np.nan_to_num(high - y)]).clip(min=0)
-        ax.errorbar(rows["steps"].to_numpy(float), y, yerr=err, marker="o", capsize=3,
-                    color=colours[scheduler], label=scheduler)
+        variants = part[part["scheduler"].astype(str) == scheduler].groupby(
+            [c for c in _LINE_SETTINGS if c in part], dropna=False, sort=True)
+        for i, (key, rows) in enumerate(variants):
+            rows = rows.sort_values("steps")
+            y = rows[column].to_numpy(float)
+            low = rows.get(f"{column}:ci_low", pd.Series(np.nan, index=rows.index)).to_numpy(float)
+            high = rows.get(f"{column}:ci_high", pd.Series(np.nan, index=rows.index)).to_numpy(float)
+            # Cells without a CI get a zero-length bar rather than dropping the point.
+            err = np.vstack([np.nan_to_num(y - low), np.nan_to_num(high - y)]).clip(min=0)
+            label = scheduler if variants.ngroups == 1 else f"{scheduler} ({_variant(rows.iloc[0])})"
+            ax.errorbar(rows["steps"].to_numpy(float), y, yerr=err, marker="o", capsize=3,
+                        color=colours[scheduler], linestyle=("-", "--", ":", "-.")[i % 4], label=label)
     ax.set_xticks(sorted(set(part["steps"].astype(int))))
     ax.grid(alpha=0.3)
 
