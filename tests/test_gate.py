@@ -95,6 +95,8 @@ def test_welch_from_summary_statistics_matches_scipy():
     p = significance(base, cand, "lower").p
     assert p == pytest.approx(scipy.stats.ttest_ind_from_stats(1.2, 0.1, 10, 1.0, 0.1, 10, equal_var=False,
                                                                alternative="greater").pvalue)
+    exact = (Figure(1.0, "lower", n=5, std=0.0), Figure(1.2, "lower", n=5, std=0.0))
+    assert significance(*exact, "lower").p == 0.0 and significance(*reversed(exact), "lower").p == 1.0
 
 
 # --- verdicts ---------------------------------------------------------------------------------

@@ -181,6 +181,8 @@ def _incomparable(base: Figure, cand: Figure, better: str | None) -> str:
         return f"measured in different units ({base.unit!r} vs {cand.unit!r}, e.g. another bench batch size)"
     if base.reference_id != cand.reference_id:
         return f"scored against different references ({base.reference_id} vs {cand.reference_id}); score both against the same"
+    if base.embedder_id is None and cand.embedder_id is not None and base.reference_id is not None:
+        return "the baseline does not record its embedder's identity (saved by an older harness): save it again"
     if base.embedder_id != cand.embedder_id:
         return (f"measured by different embedders ({base.embedder_id} vs {cand.embedder_id}: other weights or "
                 "front end); score both with the same")
@@ -213,6 +215,9 @@ def significance(base: Figure, cand: Figure, better: str) -> Test:
     if _has_ci(base) and _has_ci(cand):
         return _ci_test(base, cand, alternative)
     if base.std is not None and cand.std is not None and (base.n or 0) > 1 and (cand.n or 0) > 1:
+        if base.std == 0 and cand.std == 0:  # exact values: any difference is real
+            worse = cand.value > base.value if alternative == "greater" else cand.value < base.value
+            return Test(f"Welch t (n={base.n}/{cand.n}, no spread on either side)", 0.0 if worse else 1.0)
         p = scipy.stats.ttest_ind_from_stats(cand.value, cand.std, cand.n, base.value, base.std, base.n,
                                              equal_var=False, alternative=alternative).pvalue
         return Test(f"Welch t (n={base.n}/{cand.n})", float(p) if np.isfinite(p) else 1.0)
