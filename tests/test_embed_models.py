@@ -103,7 +103,7 @@ def test_window_rules_are_fixed_and_independent_of_batch_neighbours(name, rows_f
 
 def test_pann_loads_a_checkpoint_in_the_published_layout(tmp_path):
     model = build_cnn14()
-    state = {f"spectrogram_extractor.stft.conv_real.weight": torch.zeros(257, 1, 512),  # torchlibrosa's kernels
+    state = {"spectrogram_extractor.stft.conv_real.weight": torch.zeros(257, 1, 512),  # torchlibrosa's kernels
              "logmel_extractor.melW": model.mel_filters.clone(), **model.state_dict()}
     torch.save({"model": state, "iteration": 1}, tmp_path / "Cnn14_16k.pth")
     embedder = PannEmbedder(weights=str(tmp_path / "Cnn14_16k.pth"))

@@ -188,3 +188,31 @@ def test_cli_report_end_to_end(runs, tmp_path, monkeypatch, capsys):
                  "--label", "before", "--label", "after", "--listen", "1"]) == 0
     assert f"html: {tmp_path / 'ab' / 'index.html'}" in capsys.readouterr().out
     assert (tmp_path / "ab" / "plots" / "memory.png").is_file()
+
+
+def test_frame_latency_and_rtf_match_what_bench_and_run_measured(make_sweep, tmp_path):
+    """RTF against measure.py's own headline (which divides by the batch), p50 against the
+    stored median, and run-derived latency against the per-batch timings read back by hand."""
+    import sqlite3
+
+    from harness.bench import bench_sweep
+    from harness.run import run_sweep
+
+    sweep = make_sweep(steps=[2], latency={"repeats": 3, "batch_sizes": [2], "memory": False})
+    bench_sweep(sweep, tmp_path / "bench", progress=False)
+    row = cell_frame([load_run(tmp_path / "bench")]).iloc[0]
+    db = sqlite3.connect(tmp_path / "bench" / "run.sqlite")
+    stored = dict(db.execute("SELECT metric, value FROM measurements WHERE stage IN ('call', 'total') "
+                             "AND metric IN ('rtf', 'median')").fetchall())
+    assert row["rtf"] == pytest.approx(stored["rtf"], rel=1e-12)
+    assert row["latency_ms:total:p50"] == pytest.approx(stored["median"] * 1e3, rel=1e-12)
+    assert row["latency_unit"] == "ms per call of 2" and row["latency_source"] == "bench"
+
+    run_sweep(sweep, tmp_path / "run", progress=False)
+    row = cell_frame([load_run(tmp_path / "run")]).iloc[0]
+    db = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    batches = {t: b for t, b in db.execute("SELECT timings, batch_size FROM samples WHERE status='ok'")}
+    per_sample = [json.loads(t)["total"] / b for t, b in batches.items()]
+    assert row["latency_ms:total:p50"] == pytest.approx(np.median(per_sample) * 1e3, rel=1e-12)
+    assert row["rtf"] == pytest.approx(np.median(per_sample) / 0.5, rel=1e-12)
+    assert row["latency_unit"] == "ms per sample"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
@@ -403,25 +402,11 @@ def _vits_vocab(size: int) -> dict[str, int]:
 
 
 def _vits_tokenizer(vocab_size: int, model_max_length: int):
-    from transformers import VitsTokenizer
+    from harness.checkpoints.tiny import vits_tokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file = Path(tmp) / "vocab.json"
-        vocab_file.write_text(
-            json.dumps(_vits_vocab(vocab_size), ensure_ascii=False), encoding="utf-8"
-        )
-        # phonemize=True as the published speech checkpoints (phonemizer + espeak-ng at call
-        # time, a real CPU cost of the encoding stage). add_blank=False: interleaved blanks
-        # (id 0) would put the pipeline's end marker right after the first phoneme.
-        return VitsTokenizer(
-            str(vocab_file),
-            pad_token="_",
-            unk_token="<unk>",
-            add_blank=False,
-            normalize=True,
-            phonemize=True,
-            model_max_length=model_max_length,
-        )
+    # phonemize=True as the published speech checkpoints (phonemizer + espeak-ng at call time,
+    # a real CPU cost of the encoding stage).
+    return vits_tokenizer(_vits_vocab(vocab_size), model_max_length, phonemize=True)
 
 
 def _tokenizers(like: str):

@@ -212,23 +212,21 @@ def _vits_vocab() -> dict[str, int]:
 
 
 def _vits_tokenizer():
+    return vits_tokenizer(_vits_vocab(), _VITS_MAX_LEN, phonemize=False)
+
+
+def vits_tokenizer(vocab: dict[str, int], model_max_length: int, phonemize: bool):
+    """A VitsTokenizer over ``vocab`` (no hub file): the tiny and the random full-size speech
+    checkpoints differ only in vocabulary, length and whether text is phonemized first."""
     from transformers import VitsTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file = Path(tmp) / "vocab.json"
-        vocab_file.write_text(json.dumps(_vits_vocab(), ensure_ascii=False), encoding="utf-8")
-        # add_blank=False: interleaved blanks (id 0) would put the end marker right after the
-        # first character. normalize lowercases and drops characters outside the vocabulary.
-        tok = VitsTokenizer(
-            str(vocab_file),
-            pad_token="_",
-            unk_token="<unk>",
-            add_blank=False,
-            normalize=True,
-            phonemize=False,
-            model_max_length=_VITS_MAX_LEN,
-        )
-    return tok
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        # add_blank=False: interleaved blanks (id 0) would put the pipeline's end marker right
+        # after the first symbol. normalize lowercases and drops characters outside the vocabulary.
+        return VitsTokenizer(str(vocab_file), pad_token="_", unk_token="<unk>", add_blank=False,
+                             normalize=True, phonemize=phonemize, model_max_length=model_max_length)
 
 
 # ---------------------------------------------------------------- models

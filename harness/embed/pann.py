@@ -24,9 +24,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from harness.checkpoints._cache import default_cache_dir
 from harness.embed._torch import TorchEmbedder

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from harness.embed._torch import TorchEmbedder
 from harness.embed.audio import RESAMPLER
@@ -77,7 +80,6 @@ def vggish_examples(samples: np.ndarray) -> np.ndarray:
 
 def build_vggish(widths: Sequence[int] = FULL_WIDTHS, dim: int = 128) -> "torch.nn.Module":
     """A VGGish network (eval mode, no PCA, no final ReLU) with torchvggish's layer names."""
-    import torch
     from torch import nn
 
     c1, c2, c3, c4, fc = widths

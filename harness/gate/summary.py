@@ -131,7 +131,7 @@ def _latency_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
 
 
 def _count_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
-    rows = [s for s in run.samples if s["cell_id"] == cell_id]
+    rows = run.samples_by_cell.get(cell_id, [])
     if not rows:
         return {}
     failed = [1.0 if s["status"] != "ok" else 0.0 for s in rows]
@@ -144,7 +144,7 @@ def _count_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
 
 
 def _memory_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
-    rows = [m for m in run.measurements if m["cell_id"] == cell_id and m["kind"] == "memory" and m["stage"] == TOTAL]
+    rows = [m for m in run.measurements_by_cell.get(cell_id, []) if m["kind"] == "memory" and m["stage"] == TOTAL]
     if not rows:
         return {}
     smallest = min(m["batch_size"] for m in rows)
@@ -153,7 +153,7 @@ def _memory_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
 
 
 def _quality_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
-    rows = [m for m in run.metrics if m["cell_id"] == cell_id and m["value"] is not None]
+    rows = [m for m in run.metrics_by_cell.get(cell_id, []) if m["value"] is not None]
     names = quality_names(rows)
     out = {}
     for m in rows:

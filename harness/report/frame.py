@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +47,30 @@ class RunData:
     samples: list[dict[str, Any]]
     measurements: list[dict[str, Any]]
     metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    # Rows grouped by cell once: a sweep can hold hundreds of cells and ~1M samples, and every
+    # per-cell figure would otherwise scan all of them again.
+    @cached_property
+    def samples_by_cell(self) -> dict[str, list[dict[str, Any]]]:
+        """Sample rows per cell id."""
+        return _group(self.samples)
+
+    @cached_property
+    def measurements_by_cell(self) -> dict[str, list[dict[str, Any]]]:
+        """Measurement rows per cell id."""
+        return _group(self.measurements)
+
+    @cached_property
+    def metrics_by_cell(self) -> dict[str, list[dict[str, Any]]]:
+        """Metric rows per cell id."""
+        return _group(self.metrics)
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["cell_id"], []).append(row)
+    return out
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
@@ -137,7 +163,7 @@ class Latency:
 
 def cell_latency(run: RunData, cell_id: str, stage: str = TOTAL) -> Latency | None:
     """Latency of one stage: bench calls at the smallest measured batch, else run timings."""
-    rows = [m for m in run.measurements if m["cell_id"] == cell_id and m["stage"] == stage
+    rows = [m for m in run.measurements_by_cell.get(cell_id, []) if m["stage"] == stage
             and m["kind"] in ("call", "latency")]
     if rows:
         batch = min(m["batch_size"] for m in rows)
@@ -157,13 +183,13 @@ def cell_latency(run: RunData, cell_id: str, stage: str = TOTAL) -> Latency | No
 def _run_timings(run: RunData, cell_id: str, stage: str) -> np.ndarray:
     # Samples of one batch share its timings row; keep each batch once, per sample of the batch.
     seen: dict[str, float] = {}
-    for s in run.samples:
-        if s["cell_id"] != cell_id or s["status"] != "ok":
+    for s in run.samples_by_cell.get(cell_id, []):
+        if s["status"] != "ok" or s["timings"] in seen:
             continue
         timings = json.loads(s["timings"])
-        if stage in timings:
-            seen.setdefault(s["timings"], timings[stage] / (s["batch_size"] or 1))
-    return np.asarray(list(seen.values()), dtype=np.float64)
+        seen[s["timings"]] = timings[stage] / (s["batch_size"] or 1) if stage in timings else math.nan
+    values = np.asarray(list(seen.values()), dtype=np.float64)
+    return values[~np.isnan(values)]
 
 
 def _identity(run: RunData, cell: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +204,7 @@ def _identity(run: RunData, cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def _counts(run: RunData, cell_id: str) -> dict[str, int]:
-    rows = [s for s in run.samples if s["cell_id"] == cell_id]
+    rows = run.samples_by_cell.get(cell_id, [])
     ok = [s for s in rows if s["status"] == "ok"]
     return {"n_ok": len(ok), "n_failed": len(rows) - len(ok),
             "n_flagged": sum(1 for s in ok if json.loads(s["flags"]))}
@@ -199,7 +225,7 @@ def _latency(run: RunData, cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def _memory(run: RunData, cell_id: str) -> dict[str, float]:
-    rows = [m for m in run.measurements if m["cell_id"] == cell_id and m["kind"] == "memory"]
+    rows = [m for m in run.measurements_by_cell.get(cell_id, []) if m["kind"] == "memory"]
     if not rows:
         return {}
     smallest = min(m["batch_size"] for m in rows)
@@ -229,9 +255,7 @@ def _quality_names(runs: Sequence[RunData]) -> dict[tuple, str]:
 
 def _quality(run: RunData, cell_id: str, names: dict[tuple, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for m in run.metrics:
-        if m["cell_id"] != cell_id:
-            continue
+    for m in run.metrics_by_cell.get(cell_id, []):
         name = names[(m["metric"], m["embedder"], m["embedder_id"], m["reference_id"])]
         out.update({name: m["value"], f"{name}:ci_low": m["ci_low"], f"{name}:ci_high": m["ci_high"],
                     f"{name}:n": m["n"]})
