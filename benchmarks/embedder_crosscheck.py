@@ -80,8 +80,8 @@ def reference(out: Path) -> None:
 
 def compare(out: Path) -> None:
     """Load the reference weights into the harness embedders and compare embeddings."""
-    from harness.embed.pann import PannEmbedder
-    from harness.embed.vggish import VggishEmbedder
+    from harness.score.embed.pann import PannEmbedder
+    from harness.score.embed.vggish import VggishEmbedder
 
     pann = PannEmbedder(weights=str(out / "cnn14.pth"))
     ours = np.stack([pann.embed_audio([c])[0][0] for c in _clips("pann")])

@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import harness.execute.local as local
-import harness.measure as measure
-from harness.bench import bench_sweep
-from harness.gate.ab import ab_session
+import harness.generate.local as local
+import harness.measure.stages as measure
+from harness.measure.bench import bench_sweep
+from harness.measure.ab import ab_session
 from harness.gate.compare import compare
 from harness.gate.policy import Policy, load_policy
 from harness.gate.summary import from_runs
-from harness.run import run_sweep
-from harness.score import score_run
+from harness.generate.run import run_sweep
+from harness.score.scoring import score_run
 
 HERE = Path(__file__).resolve().parent
 SWEEP = HERE / "sweeps" / "gate-study.toml"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.run import run_sweep
+from harness.generate.run import run_sweep
 
 SWEEP = """
 name = "bench-cache"

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import expand, parse_spec
-from harness.instrument import StageTimer
-from harness.measure import one_call
-from harness.pipeline.load import load_pipeline
+from harness.spec import expand, parse_spec
+from harness.measure.trackers import StageTimer
+from harness.measure.stages import one_call
+from harness.generate.load import load_pipeline
 from harness.schedulers import build_scheduler
 
 

@@ -128,14 +128,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.run import run_sweep
-    from harness.summary import print_summary
+    from harness.generate.run import run_sweep
+    from harness.generate.run_table import print_summary
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     shard = None
     if args.shard is not None:
-        from harness.execute.shard import parse_shard
+        from harness.plan.shard import parse_shard
 
         shard = parse_shard(args.shard)
     if args.executor != "ray" and (args.address or args.workers):
@@ -144,7 +144,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     options = {}
     if args.executor == "ray":
-        from harness.execute.ray import import_ray
+        from harness.generate.ray import import_ray
 
         import_ray()  # fail now, with the install command, when Ray is missing
         options = {"address": args.address, "workers": args.workers}
@@ -173,8 +173,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_sweep
-    from harness.summary import print_bench
+    from harness.measure.bench import bench_sweep
+    from harness.generate.run_table import print_bench
 
     if args.warmup is not None and args.warmup < 1:
         raise ValueError(f"--warmup must be >= 1 (the first call is always a warm-up), got {args.warmup}")
@@ -187,7 +187,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_gpu_validate(args: argparse.Namespace) -> int:
-    from harness.gpu_validate import validate
+    from harness.measure.gpu_validate import validate
 
     results, table = validate(repeats=args.repeats, compile_modes=("none",) if args.no_compile else ("none", "default"))
     print(table)
@@ -278,7 +278,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from harness.score import print_scores, score_run
+    from harness.score.scoring import print_scores, score_run
 
     result = score_run(args.run_dir, args.reference, args.embedder, clap_model=args.clap_model, weights=_weights(args),
                        device=args.device, bootstrap=args.bootstrap, confidence=args.confidence,
@@ -315,7 +315,7 @@ def _weights(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.paired import compare_cells, print_comparison
+    from harness.score.compare import compare_cells, print_comparison
 
     print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
                                    clap_model=args.clap_model, weights=_weights(args), device=args.device,
@@ -366,7 +366,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate_ab(args: argparse.Namespace) -> int:
-    from harness.gate.ab import ab_session
+    from harness.measure.ab import ab_session
     from harness.gate.compare import compare
     from harness.gate.policy import load_policy
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sqlite3
 
 from harness.checkpoints.registry import CheckpointError
-from harness.config import ConfigError
+from harness.spec import ConfigError
 from harness.data.prompts import PromptSetError
 from harness.data.references import ReferenceSetError
-from harness.embed.registry import EmbedderError
+from harness.score.embed.registry import EmbedderError
 from harness.schedulers import SchedulerError
-from harness.score import ScoreError
+from harness.score.scoring import ScoreError
 from harness.store import StoreError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

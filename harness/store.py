@@ -21,7 +21,7 @@ import filelock
 import numpy as np
 from scipy.io import wavfile
 
-from harness.config import Cell
+from harness.spec import Cell
 
 SCHEMA_VERSION = 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import ConfigError, expand, load_spec, parse_spec
+from harness.spec import ConfigError, expand, load_spec, parse_spec
 
 BASE = {"name": "t", "checkpoints": ["tiny-audio"], "prompts": {"set": "smoke"}}
 

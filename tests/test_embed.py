@@ -7,12 +7,12 @@ import pytest
 from scipy.io import wavfile
 
 from harness.data.synthetic import synthetic_clips
-from harness.embed import EmbedderError, available, get_embedder
-from harness.embed.audio import Clip
-from harness.embed.cache import AudioSource, EmbeddingCache, embed_sources, embed_texts
-from harness.embed.clap import clap_windows
-from harness.embed.mel import frame_windows
-from harness.metrics import fad_from_embeddings
+from harness.score.embed import EmbedderError, available, get_embedder
+from harness.score.embed.audio import Clip
+from harness.score.embed.cache import AudioSource, EmbeddingCache, embed_sources, embed_texts
+from harness.score.embed.clap import clap_windows
+from harness.score.embed.mel import frame_windows
+from harness.score.metrics import fad_from_embeddings
 
 
 @pytest.fixture(scope="module")

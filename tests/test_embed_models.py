@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.embed.pann import PannEmbedder, build_cnn14
-from harness.embed.registry import EmbedderError, get_embedder
-from harness.embed.vggish import VggishEmbedder, build_vggish, vggish_examples, vggish_mel_matrix
-from harness.run import run_sweep
-from harness.score import score_run
+from harness.score.embed.pann import PannEmbedder, build_cnn14
+from harness.score.embed.registry import EmbedderError, get_embedder
+from harness.score.embed.vggish import VggishEmbedder, build_vggish, vggish_examples, vggish_mel_matrix
+from harness.generate.run import run_sweep
+from harness.score.scoring import score_run
 
 
 def _bn(prefix: str) -> list[str]:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.execute.shard import Shard
-from harness.run import run_sweep
+from harness.plan.shard import Shard
+from harness.generate.run import run_sweep
 from harness.store import RunStore, sha256_file
 
 KILL_ROUNDS = int(os.environ.get("HARNESS_KILL_ROUNDS", "3"))
@@ -219,7 +219,7 @@ def test_disk_full_mid_run_leaves_no_row_pointing_at_a_partial_file(make_sweep, 
 
 def test_failing_cell_never_blocks_the_others_and_retry_failed_redoes_it(make_sweep, tmp_path, monkeypatch,
                                                                          capsys):
-    import harness.execute.local as local
+    import harness.generate.local as local
     from harness.cli import main
 
     real = local.generate

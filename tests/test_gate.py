@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from harness.bench import bench_sweep
+from harness.measure.bench import bench_sweep
 from harness.cli import main
 from harness.gate import gate
 from harness.gate.compare import GateError, allowance, compare, judge, significance
 from harness.gate.output import junit, markdown
 from harness.gate.policy import Policy, PolicyError, Rule, load_policy
 from harness.gate.summary import CellSummary, Figure, Summary, from_runs, load, save
-from harness.run import run_sweep
-from harness.score import score_run
+from harness.generate.run import run_sweep
+from harness.score.scoring import score_run
 
 ENV = {"cpu": "x86_64", "versions": {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.24.0"}}
 
@@ -306,7 +306,7 @@ significance = false
 @pytest.fixture(scope="module")
 def quality_runs(tmp_path_factory, tiny_audio_path, sweep_writer):
     """A tiny run, an identical rerun, and a rerun whose audio is degraded by added noise."""
-    import harness.execute.local as local
+    import harness.generate.local as local
 
     root = tmp_path_factory.mktemp("gate")
     sweep = sweep_writer(root / "sweep.toml", prompts={"set": "smoke", "limit": 3})
@@ -366,7 +366,7 @@ def test_gate_cli_usage_errors_exit_2(quality_runs, tmp_path, capsys):
 
 
 def test_injected_slowdown_fails_the_latency_gate(make_sweep, tmp_path, monkeypatch):
-    import harness.measure as measure
+    import harness.measure.stages as measure
 
     sweep = make_sweep(steps=[2], latency={"warmup": 1, "repeats": 6, "memory": False})
     bench_sweep(sweep, tmp_path / "base", progress=False)
@@ -416,7 +416,7 @@ def test_shipped_policies_load(name):
 @pytest.mark.parametrize("name, n_cells", [("ci-gate", 1), ("quality-regression", 1), ("scheduler-study", 28),
                                            ("smoke", 4), ("resume-demo", 6), ("gate-study", 1)])
 def test_shipped_sweeps_expand(name, n_cells):
-    from harness.run import prepare
+    from harness.generate.run import prepare
 
     _, cells, _ = prepare(REPO / "benchmarks" / "sweeps" / f"{name}.toml")
     assert len(cells) == n_cells

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.pipeline.conditioning import ConditioningCache, ConditioningKey, encode, stack
-from harness.pipeline.generate import generate
+from harness.generate.conditioning import ConditioningCache, ConditioningKey, encode, stack
+from harness.generate.sampling import generate
 from harness.schedulers import build_scheduler
 
 STEPS, LENGTH, GUIDANCE = 4, 0.5, 3.5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.instrument import CpuMemoryTracker, CudaMemoryTracker, NullTracker, StageTimer, remove_hooks
+from harness.measure.trackers import CpuMemoryTracker, CudaMemoryTracker, NullTracker, StageTimer, remove_hooks
 
 MIB = 2**20
 

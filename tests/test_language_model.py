@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from harness.pipeline.language_model import (
+from harness.generate.language_model import (
     generate_language_model,
     patch_pipeline,
     reference_generate_language_model,

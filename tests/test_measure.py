@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.bench import bench_sweep
-from harness.config import expand, parse_spec
-from harness.instrument import NullTracker, StageTimer
-from harness.measure import Protocol, measure_cell, one_call, stage_sum, summarize
+from harness.measure.bench import bench_sweep
+from harness.spec import expand, parse_spec
+from harness.measure.trackers import NullTracker, StageTimer
+from harness.measure.stages import Protocol, measure_cell, one_call, stage_sum, summarize
 from harness.schedulers import build_scheduler
 
 
@@ -78,7 +78,7 @@ def test_bench_command_stores_measurements(make_sweep, tmp_path):
 
 
 def test_bench_refuses_options_that_do_not_apply_on_cpu(make_sweep, tmp_path):
-    from harness.config import ConfigError
+    from harness.spec import ConfigError
 
     for override, needle in [({"cpu_offload": [True]}, "cpu_offload needs a CUDA device"),
                              ({"attention_backends": ["sdpa-flash"]}, "'sdpa-flash' needs a CUDA device"),
@@ -91,7 +91,7 @@ def test_bench_refuses_options_that_do_not_apply_on_cpu(make_sweep, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_stage_sum_matches_end_to_end_on_cuda():
-    from harness.pipeline.load import load_pipeline
+    from harness.generate.load import load_pipeline
 
     spec = parse_spec({"name": "m", "checkpoints": ["tiny-audio"], "steps": [10], "audio_lengths_s": [1.0],
                        "prompts": {"set": "smoke"}, "device": "cuda"})
@@ -103,7 +103,7 @@ def test_stage_sum_matches_end_to_end_on_cuda():
 
 
 def test_gpu_validation_report_on_cpu_tiny(tmp_path):
-    from harness.gpu_validate import validate
+    from harness.measure.gpu_validate import validate
 
     results, table = validate("tiny-audio", "cpu", 1.0, pairs=[("dpmsolver++", 3), ("ddim", 4)], dtypes=("fp32",),
                               compile_modes=("none",), repeats=2, run_dir=tmp_path)
@@ -113,7 +113,7 @@ def test_gpu_validation_report_on_cpu_tiny(tmp_path):
 
 
 def test_gpu_validate_refuses_without_cuda(monkeypatch):
-    from harness.gpu_validate import validate
+    from harness.measure.gpu_validate import validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
@@ -142,7 +142,7 @@ def test_bench_rerun_replaces_figures_it_no_longer_emits(make_sweep, tmp_path):
 def test_peak_column_never_reports_reserved_memory():
     from types import SimpleNamespace
 
-    from harness.summary import bench_rows
+    from harness.generate.run_table import bench_rows
 
     m = SimpleNamespace(
         cell=SimpleNamespace(id="c", label="l"), batch_size=1, steps_per_call=1,

@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from harness.config import expand, parse_spec
+from harness.spec import expand, parse_spec
 from harness.environment import fingerprint
 from harness.merge import MergeError, merge_runs
 from harness.store import RunStore, SampleRecord, sha256_file

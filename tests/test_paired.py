@@ -10,9 +10,9 @@ import pytest
 
 from harness.cli import main
 from harness.data.synthetic import write_synthetic_reference
-from harness.paired import compare_cells
-from harness.run import run_sweep
-from harness.score import ScoreError, score_run
+from harness.score.compare import compare_cells
+from harness.generate.run import run_sweep
+from harness.score.scoring import ScoreError, score_run
 from harness.store import RunStore
 
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from harness.run import run_sweep
+from harness.generate.run import run_sweep
 
 
 def _hashes(run_dir):

@@ -12,7 +12,7 @@ import pytest
 
 from harness.cli import main
 from harness.report.build import build_report, listen_pairs, parse_formats
-from harness.report.frame import cell_frame, load_run, sample_frame
+from harness.results import cell_frame, load_run, sample_frame
 from harness.report.plots import latency_quality_plot, pareto_front, quality_steps_plot, stage_latency_plot
 from harness.store import StoreError, sha256_file
 
@@ -22,8 +22,8 @@ ERROR = "simulated failure of seed 1 at 2 steps"
 
 def write_run(root: Path, name: str, steps: list[int], schedulers: list[str], fail: bool = False) -> Path:
     """A tiny run (2 prompts, one of them HTML, 2 seeds); with ``fail``, seed 1 fails at 2 steps."""
-    import harness.execute.local as local
-    from harness.run import run_sweep
+    import harness.generate.local as local
+    from harness.generate.run import run_sweep
 
     prompts = root / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "html-prompt", "text": HTML_PROMPT}) + "\n"
@@ -50,9 +50,9 @@ def write_run(root: Path, name: str, steps: list[int], schedulers: list[str], fa
 def runs(tmp_path_factory, tiny_audio_path) -> dict[str, Path]:
     """'main': 4 cells (2 schedulers x 2, 3 steps), scored, half benched, 4 failed samples;
     'other': one unscored cell, for two-run reports and absent-data cases."""
-    from harness.bench import bench_sweep
+    from harness.measure.bench import bench_sweep
     from harness.data.synthetic import write_synthetic_reference
-    from harness.score import score_run
+    from harness.score.scoring import score_run
 
     root = tmp_path_factory.mktemp("report")
     run = write_run(root, "main", [2, 3], ["ddim", "euler"], fail=True)
@@ -195,8 +195,8 @@ def test_frame_latency_and_rtf_match_what_bench_and_run_measured(make_sweep, tmp
     stored median, and run-derived latency against the per-batch timings read back by hand."""
     import sqlite3
 
-    from harness.bench import bench_sweep
-    from harness.run import run_sweep
+    from harness.measure.bench import bench_sweep
+    from harness.generate.run import run_sweep
 
     sweep = make_sweep(steps=[2], latency={"repeats": 3, "batch_sizes": [2], "memory": False})
     bench_sweep(sweep, tmp_path / "bench", progress=False)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.run import run_sweep
+from harness.generate.run import run_sweep
 from harness.store import RunStore, StoreError
 
 
@@ -70,7 +70,7 @@ def test_batch_size_does_not_change_audio(make_sweep, tmp_path):
 
 
 def test_failing_sample_is_stored_and_sweep_goes_on(make_sweep, tmp_path, monkeypatch):
-    import harness.execute.local as local
+    import harness.generate.local as local
 
     real = local.generate
 
@@ -94,7 +94,7 @@ def test_failing_sample_is_stored_and_sweep_goes_on(make_sweep, tmp_path, monkey
 
 
 def test_nan_output_is_a_failed_flagged_sample(make_sweep, tmp_path, monkeypatch):
-    import harness.execute.local as local
+    import harness.generate.local as local
 
     real = local.generate
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import RuntimeOptions, check_runtime, expand, parse_spec
-from harness.measure import one_call
-from harness.instrument import NullTracker
-from harness.pipeline.load import load_pipeline
+from harness.spec import RuntimeOptions, check_runtime, expand, parse_spec
+from harness.measure.stages import one_call
+from harness.measure.trackers import NullTracker
+from harness.generate.load import load_pipeline
 from harness.schedulers import build_scheduler
 
 

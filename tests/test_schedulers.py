@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.pipeline.conditioning import ConditioningKey, encode, stack
-from harness.pipeline.generate import generate
+from harness.generate.conditioning import ConditioningKey, encode, stack
+from harness.generate.sampling import generate
 from harness.schedulers import SCHEDULERS, SchedulerError, build_scheduler, compatible_names, is_available
 
 RUNNABLE = [n for n, e in SCHEDULERS.items() if not e.opt_in]

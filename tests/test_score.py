@@ -11,8 +11,8 @@ from scipy.io import wavfile
 
 from harness.cli import main
 from harness.data.synthetic import write_synthetic_reference
-from harness.run import run_sweep
-from harness.score import ScoreError, score_run
+from harness.generate.run import run_sweep
+from harness.score.scoring import ScoreError, score_run
 from harness.store import RunStore
 
 
@@ -96,7 +96,7 @@ def test_score_run_end_to_end(make_sweep, tmp_path, capsys):
     code = main(["score", str(run), "--reference", str(tmp_path / "ref"), "--embedder", "mel,vggish9"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    from harness.embed.registry import available
+    from harness.score.embed.registry import available
 
     assert f"unknown embedder 'vggish9'; valid: {', '.join(available())}" in err and "pann" in err
 
@@ -140,8 +140,8 @@ def test_failed_and_silent_samples_are_counted_not_scored(make_sweep, tmp_path):
 
 
 def test_fad_extras_match_an_independent_computation():
-    from harness.metrics import fad_inf
-    from harness.score import fad_extras
+    from harness.score.metrics import fad_inf
+    from harness.score.scoring import fad_extras
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(0.2, 1.0, (60, 6)), rng.normal(0.0, 1.0, (90, 6))

@@ -6,13 +6,13 @@ import random
 
 import pytest
 
-from harness.config import expand, parse_spec
+from harness.spec import expand, parse_spec
 from harness.data.prompts import load_prompt_set
-from harness.execute.local import Batch
-from harness.execute.shard import (
+from harness.generate.local import Batch
+from harness.plan.shard import (
     SHARD_USAGE, Shard, batch_cost, check_shard_folder, parse_shard, partition, plan_fingerprint, unet_passes,
 )
-from harness.run import cut_batches, plan
+from harness.generate.run import cut_batches, plan
 from harness.store import StoreError
 
 

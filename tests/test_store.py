@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from harness.config import expand, parse_spec
+from harness.spec import expand, parse_spec
 from harness.store import RunStore, SampleRecord, StoreError, sha256_file
 
 

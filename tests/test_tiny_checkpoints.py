@@ -20,7 +20,7 @@ from harness.checkpoints.tiny import (
     save_tiny_checkpoint,
     tiny_checkpoint_path,
 )
-from harness.pipeline.language_model import patch_pipeline
+from harness.generate.language_model import patch_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "A dog barks while cars pass by"

@@ -31,7 +31,7 @@ import scipy.stats
 
 from harness.gate.policy import Policy, Rule
 from harness.gate.summary import Figure, Summary
-from harness.metrics.bootstrap import paired_bootstrap
+from harness.score.metrics.bootstrap import paired_bootstrap
 
 Status = Literal["pass", "improved", "regression", "missing", "incomparable"]
 FAILING: tuple[Status, ...] = ("regression", "missing")

@@ -17,7 +17,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from harness.report.frame import (
+from harness.results import (
     STAGES, TOTAL, RunData, cell_label, cell_latency, config_key, load_run, quality_names,
 )
 

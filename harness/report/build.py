@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.report.frame import RunData, cell_frame, load_run, quality_columns, sample_frame
+from harness.results import RunData, cell_frame, load_run, quality_columns, sample_frame
 from harness.report.plots import HIGHER_IS_BETTER, MEMORY_KINDS, PLOTS, metric_title
 
 FORMATS = ("html", "md", "csv", "parquet")

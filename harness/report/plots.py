@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.report.frame import STAGES, TOTAL, quality_columns
+from harness.results import STAGES, TOTAL, quality_columns
 
 # Metric direction: True when a higher value is better.
 HIGHER_IS_BETTER = {"fad": False, "kad": False, "clap_score": True}

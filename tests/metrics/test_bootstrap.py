@@ -1,4 +1,4 @@
-"""Tests for harness.metrics.bootstrap: scipy agreement, coverage, paired and permutation tests."""
+"""Tests for harness.score.metrics.bootstrap: scipy agreement, coverage, paired and permutation tests."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from harness.metrics.bootstrap import (
+from harness.score.metrics.bootstrap import (
     bootstrap_ci,
     paired_bootstrap,
     permutation_test_sets,
     set_metric_ci,
 )
-from harness.metrics.frechet import fad_from_embeddings
+from harness.score.metrics.frechet import fad_from_embeddings
 
 
 @pytest.mark.parametrize("method", ["BCa", "percentile", "basic"])

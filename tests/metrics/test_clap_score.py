@@ -1,4 +1,4 @@
-"""Tests for harness.metrics.clap_score: cosine against torch and hand-computed cases."""
+"""Tests for harness.score.metrics.clap_score: cosine against torch and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.metrics.clap_score import CLAPScore, clap_score, clap_scores
+from harness.score.metrics.clap_score import CLAPScore, clap_score, clap_scores
 
 
 @pytest.mark.parametrize("n,dim", [(1, 3), (17, 512), (64, 1024)])

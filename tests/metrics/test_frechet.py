@@ -1,4 +1,4 @@
-"""Tests for harness.metrics.frechet: FAD vs the sqrtm reference, closed forms, conditioning."""
+"""Tests for harness.score.metrics.frechet: FAD vs the sqrtm reference, closed forms, conditioning."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.metrics.frechet import (
+from harness.score.metrics.frechet import (
     FrechetAudioDistance,
     GaussianStats,
     fad_from_embeddings,

@@ -1,4 +1,4 @@
-"""Tests for harness.metrics.kad: brute-force agreement, unbiasedness, bandwidth, streaming."""
+"""Tests for harness.score.metrics.kad: brute-force agreement, unbiasedness, bandwidth, streaming."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-import harness.metrics.kad as kad_module
-from harness.metrics.kad import (
+import harness.score.metrics.kad as kad_module
+from harness.score.metrics.kad import (
     DEFAULT_SCALE,
     KernelAudioDistance,
     kernel_audio_distance,

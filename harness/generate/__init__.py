@@ -1,0 +1,1 @@
+"""Generation: pipeline loading, the GPT-2 fix, conditioning cache, sampling, executors, ``run``."""

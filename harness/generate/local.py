@@ -1,0 +1,168 @@
+"""The local executor: one process works through a work list, cell by cell, in batches.
+
+It keeps the loaded pipeline across cells that share it, swaps schedulers with from_config,
+reuses prompt conditioning, and stores every sample (or its failure) as soon as it is done.
+A failing batch is retried one sample at a time so one bad sample never takes its neighbours
+down; a cell whose pipeline or scheduler cannot be set up is reported and left for a resume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from harness.audio_checks import audio_flags
+from harness.spec import Cell
+from harness.data.prompts import Prompt
+from harness.measure.trackers import StageTimer
+from harness.generate.conditioning import ConditioningCache, ConditioningKey, stack
+from harness.generate.sampling import generate
+from harness.generate.load import LoadedPipeline, PipelineCache
+from harness.schedulers import build_scheduler
+from harness.store import RunStore, SampleRecord
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One sample to make: a cell, a prompt and a seed."""
+
+    cell: Cell
+    prompt: Prompt
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The sample's store key."""
+        return (self.cell.id, self.prompt.id, self.seed)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Items of one cell generated together; only ``todo`` ones are stored.
+
+    Batches are cut from the full plan, not from what is left, so a resumed run recomputes a
+    partly stored batch with the same neighbours and its audio is bit-identical to an
+    uninterrupted run's.
+    """
+
+    cell: Cell
+    items: tuple[WorkItem, ...]
+    todo: tuple[bool, ...]
+
+
+@dataclass
+class ExecutionReport:
+    """What one executor call did."""
+
+    done: int = 0
+    failed: int = 0
+    cell_errors: dict[str, str] = field(default_factory=dict)  # cell id -> setup error
+
+
+class LocalExecutor:
+    """Runs work items in this process and writes results to ``store``."""
+
+    def __init__(self, store: RunStore, batch_size: int = 1, conditioning_cache: bool = True,
+                 allow_unsafe_schedulers: bool = False, on_sample: Callable[[WorkItem], None] | None = None):
+        self.store = store
+        self.batch_size = batch_size
+        self.allow_unsafe = allow_unsafe_schedulers
+        self.pipelines = PipelineCache()
+        self.conditioning = ConditioningCache(enabled=conditioning_cache)
+        self.on_sample = on_sample or (lambda item: None)
+
+    def run(self, batches: list[Batch]) -> ExecutionReport:
+        """Process all batches (cells in order) and return counts."""
+        report = ExecutionReport()
+        for cell_id, group in itertools.groupby(batches, key=lambda b: b.cell.id):
+            group = list(group)
+            try:
+                loaded = self._prepare(group[0].cell)
+            except Exception as err:  # noqa: BLE001 - reported per cell, the sweep goes on
+                report.cell_errors[cell_id] = f"{type(err).__name__}: {err}"
+                for batch in group:
+                    for item, todo in zip(batch.items, batch.todo):
+                        if todo:
+                            self.on_sample(item)
+                continue
+            for batch in group:
+                self._run_batch(loaded, list(batch.items), list(batch.todo), report)
+            del loaded  # so the next cell's load can free this pipeline first
+        return report
+
+    def _prepare(self, cell: Cell) -> LoadedPipeline:
+        loaded = self.pipelines.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)
+        loaded.pipe.scheduler = build_scheduler(
+            cell.scheduler_type, cell.scheduler_options, loaded.base_scheduler, self.allow_unsafe
+        )
+        return loaded
+
+    def _run_batch(self, loaded: LoadedPipeline, batch: list[WorkItem], todo: list[bool],
+                   report: ExecutionReport) -> None:
+        try:
+            audio, timings, cached = self._generate(loaded, batch)
+        except Exception as err:  # noqa: BLE001 - isolate the failing sample(s)
+            _free_cuda_cache()
+            if len(batch) > 1:
+                for item, needed in zip(batch, todo):
+                    if needed:
+                        self._run_batch(loaded, [item], [True], report)
+                return
+            self._store(loaded, batch[0], None, {}, None, _describe_error(err), report)
+            return
+        for row, (item, needed) in enumerate(zip(batch, todo)):
+            if needed:
+                self._store(loaded, item, audio[row], timings, cached[row], None, report, len(batch))
+
+    def _generate(self, loaded: LoadedPipeline, batch: list[WorkItem]):
+        cell, pipe = batch[0].cell, loaded.pipe
+        timer = StageTimer(cell.device)
+        guided = cell.guidance_scale > 1.0
+        start = time.perf_counter()
+        conds, cached = [], []
+        for item in batch:
+            key = ConditioningKey(item.prompt.text, item.prompt.transcription if loaded.info.needs_transcription
+                                  else None, cell.negative_prompt, guided, loaded.info.max_new_tokens)
+            with loaded.call_context():
+                cond, was_cached = self.conditioning.get(pipe, key, timer)
+            conds.append(cond)
+            cached.append(was_cached)
+        with loaded.call_context():
+            audio = generate(pipe, stack(conds, guided), [i.seed for i in batch], cell.steps,
+                             cell.guidance_scale, cell.audio_length_s, timer)
+        timings = {**timer.results(), "total": time.perf_counter() - start, "denoise_steps": cell.steps}
+        return audio, timings, cached
+
+    def _store(self, loaded: LoadedPipeline, item: WorkItem, audio: np.ndarray | None,
+               timings: dict, cached: bool | None, error: str | None, report: ExecutionReport,
+               batch_size: int = 1) -> None:
+        flags = audio_flags(audio) if audio is not None else []
+        if "nan_inf" in flags:
+            error, audio = "output contains NaN or Inf values", None
+        record = SampleRecord(
+            cell_id=item.cell.id, prompt_id=item.prompt.id, prompt=item.prompt.text,
+            transcription=item.prompt.transcription, seed=item.seed,
+            status="failed" if error else "ok", error=error, flags=flags, timings=timings,
+            batch_size=batch_size, conditioning_cached=cached,
+        )
+        self.store.write_sample(record, audio, loaded.pipe.vocoder.config.sampling_rate)
+        report.failed += bool(error)
+        report.done += not error
+        self.on_sample(item)
+
+
+def _describe_error(err: BaseException) -> str:
+    where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    location = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return f"{type(err).__name__}: {err}{location}"
+
+
+def _free_cuda_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,105 @@
+"""Interleaved A/B latency sessions: baseline and candidate configurations run alternately.
+
+Runner-to-runner spread on shared CI machines is far larger than the changes a gate should
+catch, and drifts within a session (thermal state, neighbours). Alternating A and B call by call
+(A B, then B A, ...) in one process exposes both to the same drift, and each round gives a
+paired ratio. The sessions come back as two summaries whose per-round observations share keys,
+so ``compare`` applies a paired test (Wilcoxon signed-rank on the log ratios).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness.spec import Cell, ConfigError
+from harness.data.prompts import Prompt
+from harness.environment import fingerprint
+from harness.gate.summary import CellSummary, Figure, Summary
+from harness.measure.trackers import StageTimer
+from harness.measure.stages import TOTAL, one_call
+from harness.generate.load import LoadedPipeline, PipelineCache
+from harness.generate.run import prepare, prompts_for
+from harness.schedulers import build_scheduler
+
+STAGES = (TOTAL, "encode", "denoise", "vae_decode", "vocoder")
+
+
+@dataclass
+class _Side:
+    """One configuration of the session: its cells, prompt and a pipeline cache of its own."""
+
+    config: Path
+    cells: list[Cell]
+    prompts: list[Prompt]
+    allow_unsafe: bool
+    cache: PipelineCache
+
+    def prepare_cell(self, index: int) -> Callable[[], dict[str, float]]:
+        """Load cell ``index`` with its scheduler; return a function timing one call of it."""
+        cell = self.cells[index]
+        loaded: LoadedPipeline = self.cache.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)
+        loaded.pipe.scheduler = build_scheduler(cell.scheduler_type, cell.scheduler_options,
+                                                loaded.base_scheduler, self.allow_unsafe)
+        prompt = self.prompts[index]
+
+        def call() -> dict[str, float]:
+            timer = StageTimer(cell.device)
+            one_call(loaded, cell, prompt.text, prompt.transcription, [0], timer)
+            return timer.results()
+
+        return call
+
+
+def _side(config: str | Path) -> _Side:
+    spec, cells, prompts = prepare(config)
+    chosen = [prompts_for(c.checkpoint, prompts, spec.prompts.limit)[0] for c in cells]
+    return _Side(Path(config), cells, chosen, spec.allow_unsafe_schedulers, PipelineCache())
+
+
+def ab_session(baseline_config: str | Path, candidate_config: str | Path, rounds: int = 10,
+               warmup: int = 1, progress: bool = True) -> tuple[Summary, Summary]:
+    """Time the i-th cell of each configuration alternately; one summary per side."""
+    if rounds < 2:
+        raise ConfigError(f"rounds must be >= 2 for a paired test; got {rounds}")
+    a, b = _side(baseline_config), _side(candidate_config)
+    if len(a.cells) != len(b.cells):
+        raise ConfigError(f"{a.config} has {len(a.cells)} cells and {b.config} has {len(b.cells)}; an A/B "
+                          "session pairs them in order, so both sweeps must expand to the same number")
+    env = fingerprint()
+    out = (Summary(f"A/B baseline {a.config}", env), Summary(f"A/B candidate {b.config}", env))
+    for i in range(len(a.cells)):
+        key = f"pair-{i}"
+        label = f"{a.cells[i].label} vs {b.cells[i].label}"
+        times = _alternate(a.prepare_cell(i), b.prepare_cell(i), rounds, warmup, progress, label)
+        for summary, side in zip(out, times):
+            summary.cells[key] = CellSummary(label, _figures(side))
+    return out
+
+
+def _alternate(call_a, call_b, rounds: int, warmup: int, progress: bool, label: str) -> tuple[list, list]:
+    from tqdm.auto import tqdm
+
+    for _ in range(max(warmup, 0)):
+        call_a(), call_b()
+    results: tuple[list, list] = ([], [])
+    for r in tqdm(range(rounds), desc=f"A/B {label}", unit="round", disable=not progress):
+        order = (0, 1) if r % 2 == 0 else (1, 0)  # ABBA: neither side always goes first
+        for side in order:
+            results[side].append((call_a, call_b)[side]())
+    return results
+
+
+def _figures(calls: list[dict[str, float]]) -> dict[str, Figure]:
+    out = {}
+    for stage in STAGES:
+        if all(stage in c for c in calls):
+            ms = [c[stage] * 1e3 for c in calls]
+            out[f"latency_ms:{stage}:p50"] = Figure(
+                float(np.median(ms)), "lower", "ms", "ratio", len(ms), samples=ms,
+                keys=[f"round-{r}" for r in range(len(ms))],
+            )
+    return out

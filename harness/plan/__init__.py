@@ -1,0 +1,1 @@
+"""Planning: cells x prompts x seeds -> batches, what the store already holds, shards."""

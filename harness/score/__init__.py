@@ -1,0 +1,1 @@
+"""Scoring: embedders (registry), metrics, scoring of run folders, paired comparison of cells."""

@@ -1,0 +1,180 @@
+"""Paired comparison of two cells of one run: is cell A's quality really different from B's?
+
+Both cells are compared on the (prompt, seed) pairs they share, so prompt mix and seeds cancel:
+
+* CLAP score (embedders with a text encoder): paired bootstrap of the mean per-sample difference
+  A - B (``harness.score.metrics.bootstrap.paired_bootstrap``), with its CI and two-sided p-value;
+* FAD and KAD against the reference: permutation test of metric(A) - metric(B) that swaps the
+  A/B labels within each pair (``permutation_test_sets(paired=True)``); the reference statistics
+  (and KAD's bandwidth, the median distance of the reference) are fixed across permutations.
+
+Embeddings come through the content-keyed cache, so after ``score`` nothing is embedded again.
+Results are printed and written to ``<run>/scores/compare-<A>-<B>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness.data.references import DEFAULT_MIN_DURATION_S, ingest_reference_folder
+from harness.score.embed.cache import AudioSource, EmbeddingCache, embed_sources, embed_texts
+from harness.score.metrics import (
+    clap_scores,
+    frechet_distance,
+    gaussian_stats,
+    kernel_audio_distance,
+    median_pairwise_distance,
+    paired_bootstrap,
+    permutation_test_sets,
+)
+from harness.score.scoring import ScoreError, build_embedder, clip_loader, clip_matrix, parse_embedders, resolve_cell
+from harness.store import RunStore
+
+
+@dataclass
+class Comparison:
+    """One metric of one embedder: A, B, their difference and how sure it is."""
+
+    embedder: str
+    metric: str
+    value_a: float
+    value_b: float
+    diff: float  # A - B
+    p_value: float
+    test: str
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass
+class CompareResult:
+    """Everything ``compare_cells`` found, and where it was written."""
+
+    cell_a: str
+    cell_b: str
+    reference: str
+    n_pairs: int
+    rows: list[Comparison] = field(default_factory=list)
+    path: Path | None = None
+
+
+def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
+                  embedders: str | Sequence[str] = ("mel",), *, clap_model: str | None = None,
+                  weights: dict[str, str] | None = None,
+                  device: str = "cpu", permutations: int = 999, bootstrap: int = 2000, seed: int = 0,
+                  cache_dir: str | Path | None = None) -> CompareResult:
+    """Paired tests of cell A against cell B (unique id prefixes accepted); see the module docstring."""
+    root = Path(run_dir)
+    if not (root / "run.sqlite").is_file():
+        raise ScoreError(f"{run_dir} is not a run folder (no run.sqlite)")
+    store = RunStore.read_only(root)
+    try:
+        samples = store.samples()
+    finally:
+        store.close()
+    cells = sorted({s["cell_id"] for s in samples})
+    a, b = resolve_cell(cell_a, cells), resolve_cell(cell_b, cells)
+    if a == b:
+        raise ScoreError(f"cell A and cell B are the same cell ({a}); name two different cells")
+    pairs = _pairs(samples, a, b)
+    ref_paths = _reference_paths(root, reference, samples, cells)
+    options = {n: {"weights": path} for n, path in (weights or {}).items()}
+    if clap_model:
+        options["clap"] = {"model": clap_model}
+    built = [build_embedder(n, options.get(n, {}), device) for n in parse_embedders(embedders)]
+    cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
+    paths = [root / p["a"]["audio_path"] for p in pairs] + [root / p["b"]["audio_path"] for p in pairs] + ref_paths
+    emb = embed_sources([AudioSource(str(p), clip_loader(p)) for p in paths], built, cache)
+    if emb.errors:
+        raise ScoreError(f"{len(emb.errors)} clip(s) could not be embedded, e.g. {next(iter(emb.errors.values()))}")
+    result = CompareResult(a, b, reference, len(pairs))
+    n = len(pairs)
+    for e in built:
+        vectors = clip_matrix(emb.embeddings[e.name])
+        xa, xb, y = vectors[:n], vectors[n:2 * n], vectors[2 * n:]
+        result.rows += _set_tests(e.name, xa, xb, y, permutations, seed)
+        if e.supports_text:
+            texts = embed_texts([p["a"]["prompt"] for p in pairs], e, cache, emb)
+            result.rows.append(_clap_test(e.name, clap_scores(texts, xa), clap_scores(texts, xb), bootstrap, seed))
+    result.path = _write(root, result)
+    return result
+
+
+def _pairs(samples: list[dict[str, Any]], a: str, b: str) -> list[dict[str, dict]]:
+    ok = {(s["cell_id"], s["prompt_id"], s["seed"]): s for s in samples if s["status"] == "ok"}
+    keys = sorted({(p, sd) for c, p, sd in ok if c == a} & {(p, sd) for c, p, sd in ok if c == b})
+    if len(keys) < 2:
+        raise ScoreError(f"cells {a} and {b} share {len(keys)} ok (prompt, seed) pair(s); a paired test needs >= 2")
+    return [{"a": ok[(a, p, sd)], "b": ok[(b, p, sd)]} for p, sd in keys]
+
+
+def _reference_paths(root: Path, reference: str, samples, cells) -> list[Path]:
+    if reference.startswith("cell:"):
+        ref = resolve_cell(reference[5:].strip(), cells)
+        paths = [root / s["audio_path"] for s in samples if s["cell_id"] == ref and s["status"] == "ok"]
+        if len(paths) < 2:
+            raise ScoreError(f"reference cell:{ref} has {len(paths)} ok sample(s); FAD/KAD need >= 2")
+        return paths
+    ref_set = ingest_reference_folder(reference, min_duration_s=DEFAULT_MIN_DURATION_S)
+    if len(ref_set.entries) < 2:
+        raise ScoreError(f"reference folder {reference} has {len(ref_set.entries)} usable clip(s); need >= 2")
+    return [ref_set.root / e.path for e in ref_set.entries]
+
+
+def _set_tests(name: str, xa: np.ndarray, xb: np.ndarray, y: np.ndarray, permutations: int,
+               seed: int) -> list[Comparison]:
+    mu_y, s_y = gaussian_stats(y)
+    bandwidth = median_pairwise_distance(y)
+
+    def fad(x, _ref):
+        mu, s = gaussian_stats(x)
+        return frechet_distance(mu, s, mu_y, s_y).value
+
+    def kad(x, ref):
+        return kernel_audio_distance(x, ref, bandwidth=bandwidth).value
+
+    out = []
+    for metric, fn in (("fad", fad), ("kad", kad)):
+        res = permutation_test_sets(xa, xb, y, fn, paired=True, n_permutations=permutations, seed=seed)
+        out.append(Comparison(name, metric, res.value_a, res.value_b, res.statistic, res.p_value,
+                              f"paired permutation ({res.n_permutations} label swaps within pairs)"))
+    return out
+
+
+def _clap_test(name: str, a: np.ndarray, b: np.ndarray, bootstrap: int, seed: int) -> Comparison:
+    res = paired_bootstrap(a, b, n_resamples=bootstrap, seed=seed)
+    return Comparison(name, "clap_score", float(a.mean()), float(b.mean()), res.mean_diff, res.p_value,
+                      f"paired bootstrap ({res.method})", res.low, res.high)
+
+
+def _write(root: Path, result: CompareResult) -> Path:
+    path = root / "scores" / f"compare-{result.cell_a[:8]}-{result.cell_b[:8]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {k: v for k, v in asdict(result).items() if k != "path"}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # readers never see half a file
+    tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_comparison(result: CompareResult) -> None:
+    """Table of the comparisons, then the file they were written to."""
+    from rich.table import Table
+
+    from harness.console import make_console
+
+    table = Table("embedder", "metric", "A", "B", "A - B", "95% CI", "p", "test",
+                  title=f"cell {result.cell_a} (A) vs cell {result.cell_b} (B), {result.n_pairs} pairs")
+    for r in result.rows:
+        ci = f"[{r.ci_low:.4g}, {r.ci_high:.4g}]" if r.ci_low is not None else "-"
+        table.add_row(r.embedder, r.metric, f"{r.value_a:.4g}", f"{r.value_b:.4g}", f"{r.diff:+.4g}", ci,
+                      f"{r.p_value:.3g}", r.test)
+    console = make_console()
+    console.print(table)
+    console.print(f"reference: {result.reference}; written to {result.path}", highlight=False, soft_wrap=True)

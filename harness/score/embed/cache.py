@@ -1,0 +1,218 @@
+"""Embedding cache and the extraction driver that fills it.
+
+Cache layout: ``<root>/<identity_key>/<sha[:2]>/<sha>.npy`` per audio clip (float32,
+(n_windows, dim)) and ``<root>/<identity_key>/text/<sha[:2]>/<sha>.npy`` per text ((dim,)),
+where ``sha`` is the clip's content hash (``harness.score.embed.audio.content_sha256``: decoded
+float samples + rate, never the path) or the sha256 of the UTF-8 text, and ``identity_key``
+digests the embedder's identity (name, code version, weights checksum, preprocessing). So a
+moved or renamed file hits, changed audio misses, and changed weights or settings miss.
+``<root>/<identity_key>/identity.json`` records the full identity for people.
+
+The root is ``$AUDIOLDM2_HARNESS_CACHE/embeddings`` (default ``~/.cache/audioldm2-harness/
+embeddings``) unless one is given (e.g. a folder inside the run). Files are written to a
+temporary name and renamed, so concurrent scorers and crashes never leave half files; an
+unreadable or mis-shaped file counts as a miss and is rewritten.
+
+``embed_sources`` decodes each source at most once, resamples it at most once per rate, and
+feeds every embedder that misses it, in batches of the embedder's ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.score.embed.audio import Clip
+from harness.score.embed.registry import Embedder
+
+__all__ = ["AudioSource", "EmbedResult", "EmbeddingCache", "default_embedding_cache_dir",
+           "embed_sources", "embed_texts"]
+
+
+def default_embedding_cache_dir() -> Path:
+    """``$AUDIOLDM2_HARNESS_CACHE/embeddings``, else ``~/.cache/audioldm2-harness/embeddings``."""
+    from harness.checkpoints._cache import default_cache_dir
+
+    return default_cache_dir() / "embeddings"
+
+
+class EmbeddingCache:
+    """Content-keyed .npy store; counts hits, misses and writes."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_embedding_cache_dir()
+        self.hits = 0
+        self.misses = 0
+        self.writes = 0
+        self._noted: set[str] = set()
+
+    def path(self, identity_key: str, key: str, kind: str = "audio") -> Path:
+        """Where the embedding of ``key`` (content sha256) lives."""
+        base = self.root / identity_key / ("text" if kind == "text" else "")
+        return base / key[:2] / f"{key}.npy"
+
+    def get(self, embedder: Embedder, key: str, kind: str = "audio") -> np.ndarray | None:
+        """The cached array, or None (absent, unreadable or of the wrong width)."""
+        path = self.path(embedder.identity_key, key, kind)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            arr = None
+        if arr is not None and (arr.shape[-1] != embedder.dim or not np.isfinite(arr).all()):
+            arr = None  # written by something else under this key: recompute
+        if arr is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return arr
+
+    def put(self, embedder: Embedder, key: str, value: np.ndarray, kind: str = "audio") -> None:
+        """Store atomically (temporary file, then rename)."""
+        path = self.path(embedder.identity_key, key, kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._note_identity(embedder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.asarray(value, dtype=np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.writes += 1
+
+    def _note_identity(self, embedder: Embedder) -> None:
+        if embedder.identity_key in self._noted:
+            return
+        target = self.root / embedder.identity_key / "identity.json"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".identity.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"identity": embedder.identity(), "source": embedder.source()},
+                                      indent=2, sort_keys=True, default=str))
+            os.replace(tmp, target)
+        self._noted.add(embedder.identity_key)
+
+
+@dataclass
+class AudioSource:
+    """Something to embed: a loader, and its content hash when already known (skips decoding
+    when every embedder hits the cache)."""
+
+    label: str  # shown in errors, e.g. the file path
+    load: Callable[[], Clip]
+    key: str | None = None
+
+
+@dataclass
+class EmbedResult:
+    """Per embedder (by name): one (n_windows, dim) array per source, None where it failed."""
+
+    embeddings: dict[str, list[np.ndarray | None]]
+    keys: list[str | None]  # content hash per source
+    errors: dict[int, str]  # source index -> why it could not be embedded
+    computed: Counter = field(default_factory=Counter)  # embedder name -> clips embedded now
+    cached: Counter = field(default_factory=Counter)  # embedder name -> clips read from cache
+
+
+def embed_sources(sources: Sequence[AudioSource], embedders: Sequence[Embedder],
+                  cache: EmbeddingCache | None, *, chunk: int = 64,
+                  progress: Callable[[int], None] | None = None) -> EmbedResult:
+    """Embed every source with every embedder, using and filling ``cache`` (None: no cache).
+
+    Sources are processed ``chunk`` at a time (bounding memory): each is decoded once if any
+    embedder misses it, resampled once per needed rate, and the misses are embedded in batches.
+    A source whose decoding fails, or whose content no longer matches its known ``key``, gets an
+    entry in ``errors`` and None embeddings; the others are unaffected.
+    """
+    n = len(sources)
+    result = EmbedResult({e.name: [None] * n for e in embedders}, [s.key for s in sources], {})
+    for start in range(0, n, chunk):
+        todo: dict[str, list[tuple[int, Clip]]] = {e.name: [] for e in embedders}
+        for i in range(start, min(start + chunk, n)):
+            src = sources[i]
+            missing = list(embedders)
+            if src.key is not None and cache is not None:
+                missing = _lookup(cache, missing, src.key, i, result)
+            if not missing:
+                continue
+            try:
+                clip = src.load()
+            except Exception as err:  # noqa: BLE001 - reported per source, never dropped silently
+                result.errors[i] = f"cannot decode {src.label}: {type(err).__name__}: {err}"
+                continue
+            if src.key is not None and clip.sha256 != src.key:
+                result.errors[i] = f"{src.label} changed since it was listed (content hash differs)"
+                continue
+            if clip.samples.size == 0 or not np.isfinite(clip.samples).all():
+                result.errors[i] = f"{src.label} is empty or has non-finite samples"
+                continue
+            result.keys[i] = clip.sha256
+            if src.key is None and cache is not None:
+                missing = _lookup(cache, missing, clip.sha256, i, result)
+            for e in missing:
+                todo[e.name].append((i, clip))
+        for e in embedders:
+            items = todo[e.name]
+            for b in range(0, len(items), e.batch_size):
+                batch = items[b:b + e.batch_size]
+                outs = e.embed_audio([clip.at_rate(e.sample_rate) for _, clip in batch])
+                for (i, clip), arr in zip(batch, outs):
+                    arr = np.asarray(arr, dtype=np.float32)
+                    result.embeddings[e.name][i] = arr
+                    result.computed[e.name] += 1
+                    if cache is not None:
+                        cache.put(e, clip.sha256, arr)
+        if progress is not None:
+            progress(min(start + chunk, n) - start)
+    return result
+
+
+def _lookup(cache: EmbeddingCache, embedders: list[Embedder], key: str, i: int,
+            result: EmbedResult) -> list[Embedder]:
+    missing = []
+    for e in embedders:
+        arr = cache.get(e, key)
+        if arr is None:
+            missing.append(e)
+        else:
+            result.embeddings[e.name][i] = arr
+            result.cached[e.name] += 1
+    return missing
+
+
+def text_key(text: str) -> str:
+    """sha256 of the UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def embed_texts(texts: Sequence[str], embedder: Embedder, cache: EmbeddingCache | None,
+                counts: EmbedResult | None = None) -> np.ndarray:
+    """(len(texts), dim) text embeddings; each distinct text is embedded once (or read from cache)."""
+    unique = list(dict.fromkeys(texts))
+    found: dict[str, np.ndarray] = {}
+    if cache is not None:
+        for t in unique:
+            arr = cache.get(embedder, text_key(t), kind="text")
+            if arr is not None:
+                found[t] = arr.reshape(-1)
+                if counts is not None:
+                    counts.cached[f"{embedder.name}/text"] += 1
+    todo = [t for t in unique if t not in found]
+    if todo:
+        rows = embedder.embed_text(todo)
+        for t, row in zip(todo, rows):
+            found[t] = np.asarray(row, dtype=np.float32)
+            if cache is not None:
+                cache.put(embedder, text_key(t), found[t], kind="text")
+            if counts is not None:
+                counts.computed[f"{embedder.name}/text"] += 1
+    return np.stack([found[t] for t in texts]) if texts else np.zeros((0, embedder.dim), np.float32)

@@ -1,0 +1,176 @@
+"""``pann`` and ``tiny-pann``: CNN14 embeddings (PANNs, 16 kHz variant), 2048-d.
+
+The network is PANNs' ``Cnn14_16k`` (Kong et al. 2020), the model frechet-audio-distance uses
+for its PANN embeddings: six blocks of two 3x3 conv + batch-norm + ReLU (64 to 2048 channels,
+2x2 average pooling after the first five), mean over mel bins, max + mean over time, then
+``relu(fc1(.))``: the 2048-d ``embedding``. Parameter names equal those of the published
+checkpoint ``Cnn14_16k_mAP=0.438.pth`` (Zenodo record 3987831), which loads with strict key
+checking; its fixed STFT kernels are not needed, and its mel filterbank is checked against ours.
+
+Front end (fixed): 16 kHz mono; power STFT with a 512-point periodic Hann window, hop 160,
+centred with reflect padding; 64 Slaney-scale, Slaney-normalised mel filters from 50 to
+8000 Hz (librosa's default filterbank); ``10 * log10(max(mel, 1e-10))``.
+
+Window rule (fixed): the whole clip is one input and gives one embedding, as in
+frechet-audio-distance; no crops, so the same audio always gives the same embedding. Clips
+shorter than 0.31 s (the 32 frames the network's five poolings need) are zero-padded to it. The
+network runs in eval mode (no dropout, running batch-norm statistics).
+
+``tiny-pann`` is the same network with narrow random layers (seeded), for tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+from harness.checkpoints._cache import default_cache_dir
+from harness.score.embed._torch import TorchEmbedder
+from harness.score.embed.audio import RESAMPLER
+from harness.score.embed.registry import EmbedderError, register
+
+__all__ = ["PannEmbedder", "TinyPannEmbedder", "build_cnn14", "pann_log_mel_filters"]
+
+WEIGHTS_FILE = "Cnn14_16k_mAP=0.438.pth"
+WEIGHTS_URL = "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth?download=1"
+FULL_WIDTHS = (64, 128, 256, 512, 1024, 2048)
+_MISSING = (f"pann: weights file {{path}} not found. Download {WEIGHTS_FILE} (Zenodo record 3987831) on a machine "
+            f"with network: wget -O '{{path}}' '{WEIGHTS_URL}', then copy it here; or point "
+            "AUDIOLDM2_HARNESS_PANN_WEIGHTS (or --pann-weights) at it")
+FRONT_END = {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 64, "fmin": 50.0, "fmax": 8000.0}
+MIN_SAMPLES = 31 * FRONT_END["hop_length"]  # 1 + n // hop = 32 centred frames, for five 2x2 poolings
+
+
+def pann_log_mel_filters() -> np.ndarray:
+    """(257, 64) Slaney mel filterbank of the front end (what librosa.filters.mel gives, transposed)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    f = FRONT_END
+    return mel_filter_bank(num_frequency_bins=f["n_fft"] // 2 + 1, num_mel_filters=f["n_mels"],
+                           min_frequency=f["fmin"], max_frequency=f["fmax"], sampling_rate=f["sample_rate"],
+                           norm="slaney", mel_scale="slaney")
+
+
+def torch_mel_filters() -> "torch.Tensor":
+    """The front end's mel filterbank as a float32 tensor (the published file's ``melW``)."""
+    import torch
+
+    return torch.from_numpy(pann_log_mel_filters()).float()
+
+
+def build_cnn14(widths: Sequence[int] = FULL_WIDTHS, classes: int = 527) -> "torch.nn.Module":
+    """A Cnn14_16k network (eval mode) whose layer names match the published checkpoint."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class ConvBlock(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn1, self.bn2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
+
+        def forward(self, x, pool):
+            x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+            return F.avg_pool2d(x, kernel_size=pool)
+
+    class Cnn14(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn0 = nn.BatchNorm2d(FRONT_END["n_mels"])
+            channels = (1, *widths)
+            for i in range(6):
+                self.add_module(f"conv_block{i + 1}", ConvBlock(channels[i], channels[i + 1]))
+            self.fc1 = nn.Linear(widths[-1], widths[-1])
+            self.fc_audioset = nn.Linear(widths[-1], classes)  # AudioSet head: loaded, unused here
+            self.register_buffer("mel_filters", torch_mel_filters(), persistent=False)
+            self.register_buffer("window", torch.hann_window(FRONT_END["n_fft"], periodic=True), persistent=False)
+
+        def log_mel(self, audio):
+            """(batch, samples) -> (batch, 1, frames, mels) in dB."""
+            spec = torch.stft(audio, FRONT_END["n_fft"], FRONT_END["hop_length"], window=self.window,
+                              center=True, pad_mode="reflect", return_complex=True)
+            power = spec.abs().pow(2).transpose(1, 2)
+            return (10.0 * torch.log10(torch.clamp(power @ self.mel_filters, min=1e-10)))[:, None]
+
+        def forward(self, audio):
+            x = self.log_mel(audio).transpose(1, 3)
+            x = self.bn0(x).transpose(1, 3)  # batch-norm over mel bins
+            for i in range(1, 7):
+                x = getattr(self, f"conv_block{i}")(x, (2, 2) if i < 6 else (1, 1))
+            x = torch.mean(x, dim=3)
+            x = torch.max(x, dim=2).values + torch.mean(x, dim=2)
+            return F.relu(self.fc1(x))
+
+    return Cnn14().eval()
+
+
+class _PannBase(TorchEmbedder):
+    """Shared embedding code: one whole-clip forward pass per clip."""
+
+    sample_rate = FRONT_END["sample_rate"]
+    window_s = 0.0  # 0: the whole clip is the window (see the module docstring)
+    hop_s = 0.0
+    batch_size = 1
+
+    def output_features(self, model) -> int:
+        return model.fc1.out_features
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**FRONT_END, "window": "hann-periodic", "center": "reflect", "mel_scale": "slaney",
+                "mel_norm": "slaney", "db": "10*log10(max(mel, 1e-10))", "window_rule": "whole clip",
+                "embedding": "relu(fc1), eval mode", "mono": "mean of channels", "resampler": RESAMPLER}
+
+    def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        out = []
+        for clip in clips:
+            if clip.size == 0:
+                raise EmbedderError(f"{self.name}: cannot embed an empty clip")
+            samples = np.asarray(clip, dtype=np.float32).reshape(-1)
+            if samples.size < MIN_SAMPLES:  # five 2x2 poolings need 32 frames
+                samples = np.pad(samples, (0, MIN_SAMPLES - samples.size))
+            audio = torch.from_numpy(samples[None]).to(self.device)
+            with torch.no_grad():
+                out.append(self.model(audio).to("cpu").numpy().astype(np.float32))
+        return out
+
+
+def default_weights_path() -> Path:
+    """$AUDIOLDM2_HARNESS_PANN_WEIGHTS, else <harness cache>/weights/Cnn14_16k_mAP=0.438.pth."""
+    env = os.environ.get("AUDIOLDM2_HARNESS_PANN_WEIGHTS")
+    return Path(env) if env else default_cache_dir() / "weights" / WEIGHTS_FILE
+
+
+@register
+class PannEmbedder(_PannBase):
+    """CNN14 (PANNs, 16 kHz) with the published weights from a local file."""
+
+    name = "pann"
+    description = "PANNs CNN14 16 kHz, 2048-d, whole clip (weights: Cnn14_16k_mAP=0.438.pth, local file)"
+    version = "1"
+
+    def __init__(self, weights: str | None = None, device: str = "cpu") -> None:
+        self._from_file(Path(weights or default_weights_path()), build_cnn14, device, _MISSING,
+                        ignore=("spectrogram_extractor.",), check={"logmel_extractor.melW": torch_mel_filters()})
+
+
+@register
+class TinyPannEmbedder(_PannBase):
+    """CNN14's structure with narrow random layers (tests only: its distances mean nothing)."""
+
+    name = "tiny-pann"
+    description = "random-weight narrow CNN14 (tests; embeddings are meaningless)"
+    version = "1"
+
+    def __init__(self, seed: int = 0, device: str = "cpu") -> None:
+        self._random(seed, lambda: build_cnn14(widths=(4, 8, 8, 16, 16, 32), classes=10), device)
