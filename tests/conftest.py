@@ -21,6 +21,18 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def require_espeak() -> None:
+    """Skip (with the reason) when espeak-ng is missing; fail instead where HARNESS_REQUIRE_ESPEAK=1 (CI)."""
+    import shutil
+
+    if shutil.which("espeak-ng") or shutil.which("espeak"):
+        return
+    message = "espeak-ng is not installed (apt-get install espeak-ng)"
+    if os.environ.get("HARNESS_REQUIRE_ESPEAK") == "1":
+        pytest.fail(f"HARNESS_REQUIRE_ESPEAK=1 but {message}")
+    pytest.skip(message)
+
+
 class NetworkBlocked(OSError):
     """Raised when a test tries to reach a non-loopback address."""
 
@@ -76,7 +88,7 @@ def tiny_speech_path(harness_cache):
 @pytest.fixture(scope="session")
 def tiny_audio(harness_cache):
     """The loaded tiny text-to-audio pipeline (shared: tests must not mutate it, except scheduler)."""
-    from harness.pipeline.load import load_pipeline
+    from harness.generate.load import load_pipeline
 
     return load_pipeline("tiny-audio", None, "fp32", "cpu")
 
@@ -84,7 +96,7 @@ def tiny_audio(harness_cache):
 @pytest.fixture(scope="session")
 def tiny_speech(harness_cache):
     """The loaded tiny speech pipeline."""
-    from harness.pipeline.load import load_pipeline
+    from harness.generate.load import load_pipeline
 
     return load_pipeline("tiny-speech", None, "fp32", "cpu")
 

@@ -11,8 +11,9 @@ import time
 import pytest
 import torch
 
+from conftest import require_espeak
 from harness.checkpoints.registry import BUILTIN, PUBLISHED, CheckpointError, describe
-from harness.pipeline.load import load_pipeline
+from harness.generate.load import load_pipeline
 
 PUBLISHED_IDS = ["cvssp/audioldm2", "cvssp/audioldm2-large", "cvssp/audioldm2-music",
                  "anhnct/audioldm2_gigaspeech", "anhnct/audioldm2_ljspeech"]
@@ -43,7 +44,7 @@ def test_without_offline_flag_network_attempt_fails_fast(tmp_path):
     code = (
         "import sys; sys.path.insert(0, 'tests'); import conftest, os; "
         "os.environ.pop('HF_HUB_OFFLINE', None)\n"
-        "from harness.pipeline.load import load_pipeline\n"
+        "from harness.generate.load import load_pipeline\n"
         "from harness.checkpoints.registry import CheckpointError\n"
         "try:\n    load_pipeline('cvssp/audioldm2', None, 'fp32', 'cpu')\n"
         "except CheckpointError as e:\n    print('ERR', e)\n"
@@ -62,7 +63,7 @@ def test_local_folder_loads_in_eval_mode_with_fixed_language_model(tiny_audio_pa
     modules = [m for m in loaded.pipe.components.values() if isinstance(m, torch.nn.Module)]
     assert modules and not any(m.training for m in modules)
     assert type(loaded.pipe.language_model).__name__ == "GPT2Model"
-    assert loaded.pipe.generate_language_model.__func__.__module__ == "harness.pipeline.language_model"
+    assert loaded.pipe.generate_language_model.__func__.__module__ == "harness.generate.language_model"
 
 
 def test_local_speech_folder_is_described_as_speech(tiny_speech_path):
@@ -94,10 +95,11 @@ def test_tiny_runs_on_cuda_fp16():
 
 
 def test_phonemizing_checkpoint_needs_espeak(tiny_speech, monkeypatch):
-    from harness.pipeline.load import check_phonemizer
+    from harness.generate.load import check_phonemizer
 
+    require_espeak()
     monkeypatch.setattr(tiny_speech.pipe.tokenizer_2, "phonemize", True, raising=False)
-    check_phonemizer(tiny_speech.pipe, "x")  # espeak-ng is installed here (.ci/run installs it)
+    check_phonemizer(tiny_speech.pipe, "x")
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(CheckpointError, match="apt-get install espeak-ng"):
         check_phonemizer(tiny_speech.pipe, "anhnct/audioldm2_ljspeech")
@@ -106,5 +108,6 @@ def test_phonemizing_checkpoint_needs_espeak(tiny_speech, monkeypatch):
 def test_espeak_phonemizes_a_transcription():
     from phonemizer import phonemize
 
+    require_espeak()
     ipa = phonemize("the quick brown fox", language="en-us", backend="espeak", strip=True)
     assert ipa and ipa != "the quick brown fox" and "ð" in ipa

@@ -27,6 +27,7 @@ from harness.checkpoints.random_full import (
     parameter_counts,
     random_checkpoint_path,
 )
+from conftest import require_espeak
 from harness.checkpoints.registry import BUILTIN, PUBLISHED, CheckpointError, describe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -283,10 +284,7 @@ def test_speech_tokenizer_meets_the_pipeline_contract(like, tokenizers):
 
 
 def test_speech_tokenizer_phonemizes_into_the_vocabulary(tokenizers):
-    import shutil as sh
-
-    if not sh.which("espeak-ng") and not sh.which("espeak"):
-        pytest.skip("espeak-ng not installed")
+    require_espeak()
     tok = tokenizers["anhnct/audioldm2_ljspeech"][1]
     ids = tok("hello world, this is a test.").input_ids
     assert ids and tok.unk_token_id not in ids  # espeak-ng's IPA output maps onto real ids
@@ -392,7 +390,7 @@ def test_registry_has_a_random_entry_per_published_checkpoint(like):
 
 
 def test_locate_routes_random_names_to_the_cache(monkeypatch, tmp_path):
-    from harness.pipeline import load
+    from harness.generate import load
 
     calls = []
     monkeypatch.setattr(
@@ -441,7 +439,7 @@ def test_unknown_architecture_names_the_valid_ones(call):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("like", LIKE)
 def test_full_size_checkpoint_builds_loads_and_runs_on_cuda(like, tmp_path, monkeypatch):
-    from harness.pipeline.load import load_pipeline
+    from harness.generate.load import load_pipeline
 
     monkeypatch.setenv("AUDIOLDM2_HARNESS_CACHE", str(tmp_path))
     try:
