@@ -95,12 +95,12 @@ class ReferenceSet:
             "ignored_hidden": self.ignored_hidden,
         }
 
-    def write(self, path: str | Path) -> Path:
-        """Write ``to_json()`` to ``path`` atomically; returns the path."""
+    def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``to_json()`` (plus ``extra`` sections, e.g. a pairing) to ``path`` atomically; returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps({**self.to_json(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
 

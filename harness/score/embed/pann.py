@@ -16,6 +16,16 @@ frechet-audio-distance; no crops, so the same audio always gives the same embedd
 shorter than 0.31 s (the 32 frames the network's five poolings need) are zero-padded to it. The
 network runs in eval mode (no dropout, running batch-norm statistics).
 
+Outputs: the 2048-d embedding and, beside it, the 527 AudioSet class logits of the published
+head, ``fc_audioset(relu(fc1(.)))`` (audioldm_eval's ``"logits"``; the KL and Inception Score
+metrics use them); both are cached.
+
+Front ends (option ``frontend``): ``frechet-audio-distance`` (default, as above) or
+``audioldm-eval``, what audioldm_eval 0.0.3's ``WaveDataset`` feeds its CNN14: the clip as a
+16-bit PCM file holds it (``pcm16_round_trip``), its mean subtracted, zero-padded to 2 s.
+(audioldm_eval takes the first channel where the harness averages channels, and resamples with
+torchaudio where the harness uses soxr: equal for mono 16 kHz audio, AudioLDM 2's output.)
+
 ``tiny-pann`` is the same network with narrow random layers (seeded), for tests.
 """
 
@@ -33,7 +43,7 @@ if TYPE_CHECKING:
 
 from harness.checkpoints._cache import default_cache_dir
 from harness.score.embed._torch import TorchEmbedder
-from harness.score.embed.audio import RESAMPLER
+from harness.score.embed.audio import RESAMPLER, pcm16_round_trip
 from harness.score.embed.registry import EmbedderError, register
 
 __all__ = ["PannEmbedder", "TinyPannEmbedder", "build_cnn14", "pann_log_mel_filters"]
@@ -46,6 +56,8 @@ _MISSING = (f"pann: weights file {{path}} not found. Download {WEIGHTS_FILE} (Ze
             "AUDIOLDM2_HARNESS_PANN_WEIGHTS (or --pann-weights) at it")
 FRONT_END = {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": 64, "fmin": 50.0, "fmax": 8000.0}
 MIN_SAMPLES = 31 * FRONT_END["hop_length"]  # 1 + n // hop = 32 centred frames, for five 2x2 poolings
+FRONTENDS = ("frechet-audio-distance", "audioldm-eval")
+AUDIOLDM_EVAL_MIN_SAMPLES = 32000  # audioldm_eval's pad_short_audio
 
 
 def pann_log_mel_filters() -> np.ndarray:
@@ -90,7 +102,7 @@ def build_cnn14(widths: Sequence[int] = FULL_WIDTHS, classes: int = 527) -> "tor
             for i in range(6):
                 self.add_module(f"conv_block{i + 1}", ConvBlock(channels[i], channels[i + 1]))
             self.fc1 = nn.Linear(widths[-1], widths[-1])
-            self.fc_audioset = nn.Linear(widths[-1], classes)  # AudioSet head: loaded, unused here
+            self.fc_audioset = nn.Linear(widths[-1], classes)  # AudioSet head: the logits output
             self.register_buffer("mel_filters", torch_mel_filters(), persistent=False)
             self.register_buffer("window", torch.hann_window(FRONT_END["n_fft"], periodic=True), persistent=False)
 
@@ -102,13 +114,18 @@ def build_cnn14(widths: Sequence[int] = FULL_WIDTHS, classes: int = 527) -> "tor
             return (10.0 * torch.log10(torch.clamp(power @ self.mel_filters, min=1e-10)))[:, None]
 
         def forward(self, audio):
+            return self.heads(audio)[0]
+
+        def heads(self, audio):
+            """(embedding, AudioSet logits) of a (batch, samples) input."""
             x = self.log_mel(audio).transpose(1, 3)
             x = self.bn0(x).transpose(1, 3)  # batch-norm over mel bins
             for i in range(1, 7):
                 x = getattr(self, f"conv_block{i}")(x, (2, 2) if i < 6 else (1, 1))
             x = torch.mean(x, dim=3)
             x = torch.max(x, dim=2).values + torch.mean(x, dim=2)
-            return F.relu(self.fc1(x))
+            embedding = F.relu(self.fc1(x))
+            return embedding, self.fc_audioset(embedding)
 
     return Cnn14().eval()
 
@@ -121,28 +138,53 @@ class _PannBase(TorchEmbedder):
     hop_s = 0.0
     batch_size = 1
 
+    frontend = "frechet-audio-distance"
+
+    def _set_frontend(self, frontend: str) -> None:
+        if frontend not in FRONTENDS:
+            raise EmbedderError(f"{self.name}: unknown frontend {frontend!r}; valid: {', '.join(FRONTENDS)}")
+        self.frontend = frontend
+
     def output_features(self, model) -> int:
         return model.fc1.out_features
 
+    def output_dims(self) -> dict[str, int]:
+        return {"logits": self.model.fc_audioset.out_features}
+
     def preprocessing(self) -> dict[str, Any]:
+        extra = {} if self.frontend == FRONTENDS[0] else {
+            "frontend": self.frontend, "input": "16-bit PCM round trip, mean removed, zero-padded to 2 s"}
         return {**FRONT_END, "window": "hann-periodic", "center": "reflect", "mel_scale": "slaney",
                 "mel_norm": "slaney", "db": "10*log10(max(mel, 1e-10))", "window_rule": "whole clip",
-                "embedding": "relu(fc1), eval mode", "mono": "mean of channels", "resampler": RESAMPLER}
+                "embedding": "relu(fc1), eval mode", "mono": "mean of channels", "resampler": RESAMPLER, **extra}
+
+    def _input(self, clip: np.ndarray) -> np.ndarray:
+        samples = np.asarray(clip, dtype=np.float32).reshape(-1)
+        minimum = MIN_SAMPLES  # five 2x2 poolings need 32 frames
+        if self.frontend == "audioldm-eval":
+            samples = pcm16_round_trip(samples, self.sample_rate)
+            samples = samples - samples.mean()  # float32, as torch does it there
+            minimum = AUDIOLDM_EVAL_MIN_SAMPLES
+        if samples.size < minimum:
+            samples = np.pad(samples, (0, minimum - samples.size))
+        return samples
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.embed_audio_outputs(clips)[0]
+
+    def embed_audio_outputs(self, clips: Sequence[np.ndarray]) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
         import torch
 
-        out = []
+        embeddings, logits = [], []
         for clip in clips:
             if clip.size == 0:
                 raise EmbedderError(f"{self.name}: cannot embed an empty clip")
-            samples = np.asarray(clip, dtype=np.float32).reshape(-1)
-            if samples.size < MIN_SAMPLES:  # five 2x2 poolings need 32 frames
-                samples = np.pad(samples, (0, MIN_SAMPLES - samples.size))
-            audio = torch.from_numpy(samples[None]).to(self.device)
+            audio = torch.from_numpy(self._input(clip)[None]).to(self.device)
             with torch.no_grad():
-                out.append(self.model(audio).to("cpu").numpy().astype(np.float32))
-        return out
+                emb, logit = self.model.heads(audio)
+            embeddings.append(emb.to("cpu").numpy().astype(np.float32))
+            logits.append(logit.to("cpu").numpy().astype(np.float32))
+        return embeddings, {"logits": logits}
 
 
 def default_weights_path() -> Path:
@@ -159,7 +201,8 @@ class PannEmbedder(_PannBase):
     description = "PANNs CNN14 16 kHz, 2048-d, whole clip (weights: Cnn14_16k_mAP=0.438.pth, local file)"
     version = "1"
 
-    def __init__(self, weights: str | None = None, device: str = "cpu") -> None:
+    def __init__(self, weights: str | None = None, device: str = "cpu", frontend: str = FRONTENDS[0]) -> None:
+        self._set_frontend(frontend)
         self._from_file(Path(weights or default_weights_path()), build_cnn14, device, _MISSING,
                         ignore=("spectrogram_extractor.",), check={"logmel_extractor.melW": torch_mel_filters()})
 
@@ -172,5 +215,6 @@ class TinyPannEmbedder(_PannBase):
     description = "random-weight narrow CNN14 (tests; embeddings are meaningless)"
     version = "1"
 
-    def __init__(self, seed: int = 0, device: str = "cpu") -> None:
+    def __init__(self, seed: int = 0, device: str = "cpu", frontend: str = FRONTENDS[0]) -> None:
+        self._set_frontend(frontend)
         self._random(seed, lambda: build_cnn14(widths=(4, 8, 8, 16, 16, 32), classes=10), device)
