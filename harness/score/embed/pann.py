@@ -213,8 +213,27 @@ class TinyPannEmbedder(_PannBase):
 
     name = "tiny-pann"
     description = "random-weight narrow CNN14 (tests; embeddings are meaningless)"
-    version = "1"
+    version = "2"
 
     def __init__(self, seed: int = 0, device: str = "cpu", frontend: str = FRONTENDS[0]) -> None:
         self._set_frontend(frontend)
-        self._random(seed, lambda: build_cnn14(widths=(4, 8, 8, 16, 16, 32), classes=10), device)
+        self._random(seed, lambda: _sensitive(build_cnn14(widths=(4, 8, 8, 16, 16, 32), classes=10)), device)
+
+
+def _sensitive(model):
+    """Batch-norm statistics and head scale that keep a random narrow CNN14 sensitive to its input.
+
+    With default statistics (mean 0, variance 1) the log-mel input (about -3.5 +- 3 dB for
+    typical test audio) and twelve bias-free layers shrink every input to nearly the same
+    embedding, so tests of KL or IS would compare constants. These values give embeddings and
+    logits that differ between noise and tones (logits spread of a few units).
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.fill_(-3.5 if name == "bn0" else 0.0)
+                module.running_var.fill_(9.0 if name == "bn0" else 0.25)
+        model.fc_audioset.weight.mul_(30.0)
+    return model
