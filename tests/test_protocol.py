@@ -174,3 +174,13 @@ def test_gate_on_kl_softmax_fails_on_degraded_audio_and_passes_on_a_rerun(tmp_pa
     worse = compare(base, from_runs([runs["noisy"]]), policy)
     kl = next(v for v in worse.verdicts if v.figure == "kl_softmax:tiny-pann")
     assert worse.exit_code == 1 and kl.status == "regression", kl
+
+
+def test_report_prints_the_protocol_beside_its_figures(protocol_run, tmp_path):
+    from harness.report.build import build_report
+
+    root, *_ = protocol_run
+    build_report([root / "run"], tmp_path / "report", formats="md,html", listen=0)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Protocol audioldm-eval@1: " in md and "KL = kl_softmax:tiny-pann" in md and "FD = fad:tiny-pann" in md
+    assert "Inception Score (tiny-pann)" in md and "Protocol audioldm-eval@1" in (tmp_path / "report" / "index.html").read_text()
