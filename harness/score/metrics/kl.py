@@ -11,7 +11,7 @@ KL(reference || generated), summed over classes, EPS = 1e-6 added to the generat
 probabilities only (as audioldm_eval's ``torch.nn.functional.kl_div((q + EPS).log(), p)``, where
 a term with p_c = 0 is 0). The metric is the mean over pairs. The sigmoid form treats each class
 as an independent Bernoulli but, like audioldm_eval, keeps only the p log(p / q) half of each
-Bernoulli KL. Several generated clips of one prompt each pair with that prompt's reference clip.
+Bernoulli KL, so it is not a divergence and can be negative. Several generated clips of one prompt each pair with that prompt's reference clip.
 Computed in float64 (audioldm_eval works in float32; the difference is round-off).
 """
 
