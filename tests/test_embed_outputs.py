@@ -88,3 +88,20 @@ def test_vggish_pooling_frames_by_default_and_clip_mean_as_option():
     np.testing.assert_allclose(averaged.rows(arrays), np.stack([a.mean(axis=0) for a in arrays]), rtol=1e-6)
     with pytest.raises(Exception, match="unknown pooling"):
         TinyVggishEmbedder(pooling="max")
+
+
+def test_conv_stft_kernels_and_spectrogram_match_closed_forms():
+    from harness.score.embed.pann import torchlibrosa_dft_kernels
+
+    real, imag = torchlibrosa_dft_kernels()
+    n, k = np.arange(512), np.arange(257)[:, None]
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / 512)  # periodic
+    np.testing.assert_allclose(real[:, 0], hann * np.cos(2 * np.pi * k * n / 512), atol=2e-6)
+    np.testing.assert_allclose(imag[:, 0], -hann * np.sin(2 * np.pi * k * n / 512), atol=2e-6)
+    model = TinyPannEmbedder().model
+    audio = torch.from_numpy(_clip(0.7)[None])
+    fft = model.power_spectrogram(audio)
+    model.conv_stft = True
+    conv = model.power_spectrogram(audio)
+    assert conv.shape == fft.shape
+    np.testing.assert_allclose(conv.numpy(), fft.numpy(), rtol=1e-4, atol=1e-6 * float(fft.max()))
