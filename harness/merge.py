@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness.store import SCHEMA_VERSION, RunStore, StoreError, acquire_lock, sha256_file
+from harness.environment import environment_differences, environment_key
+from harness.fileio import replace, sha256_file
+from harness.store import SCHEMA_VERSION, RunStore, StoreError, writer_lock
 
 SHOW = 5  # conflicts named in an error message; the rest are counted
 # Scores (the metrics table) are not merged: a shard's FAD covers only its part of a cell, so
@@ -99,30 +102,16 @@ def _read_folder(root: Path) -> _Folder:
     return _Folder(root, meta, cells, samples, measurements, {t: n for t, n in unmerged.items() if n})
 
 
-def environment_signature(env: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The parts of an environment fingerprint that must agree: versions, git commit, device."""
-    if not env:
-        return None
-    device = env.get("gpu") or ("cuda" if env.get("cuda_available") else "cpu")
-    return {"versions": env.get("versions"), "git_commit": env.get("git_commit"), "device": device}
+def merge_environment_key(env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Merged samples must come from one environment: every recorded version, the git commit and
+    the device kind (CPU models may differ: shards of one sweep often run on mixed machines)."""
+    return environment_key(env, packages=None, commit=True, cpu_model=False) if env else None
 
 
 def _describe_env_difference(named: list[tuple[str, dict[str, Any]]]) -> str:
     first_name, first = named[0]
-    parts = []
-    for name, sig in named[1:]:
-        if sig == first:
-            continue
-        diffs = []
-        for pkg in sorted(set(first["versions"] or {}) | set(sig["versions"] or {})):
-            a, b = (first["versions"] or {}).get(pkg), (sig["versions"] or {}).get(pkg)
-            if a != b:
-                diffs.append(f"{pkg} {a} vs {b}")
-        for key in ("git_commit", "device"):
-            if first[key] != sig[key]:
-                diffs.append(f"{key.replace('_', ' ')} {first[key]} vs {sig[key]}")
-        parts.append(f"{first_name} vs {name}: {', '.join(diffs)}")
-    return "; ".join(parts)
+    return "; ".join(f"{first_name} vs {name}: {', '.join(environment_differences(first, key))}"
+                     for name, key in named[1:] if key != first)
 
 
 def _key_text(key: tuple) -> str:
@@ -156,23 +145,17 @@ def merge_runs(out: str | Path, sources: list[str | Path], *, allow_env_mismatch
         raise MergeError("nothing to merge: give at least one run folder")
     folders = [_read_folder(r) for r in roots]
     created = not out.exists()
-    lock = acquire_lock(out)
     try:
-        try:
+        with writer_lock(out):
             existing = _read_folder(out) if (out / "run.sqlite").exists() else None
             result, rows = _plan(out, existing, folders, allow_env_mismatch)
-            store = RunStore(out)
-            try:
+            with closing(RunStore(out)) as store:
                 _place_files(out, rows["samples_from"], copy, result)
                 store.import_rows(rows["cells"], rows["samples"], rows["measurements"], rows["meta"])
-            finally:
-                store.close()
-        except MergeError:
-            if created:
-                _remove_new_folder(out)
-            raise
-    finally:
-        lock.release()
+    except MergeError:
+        if created:
+            _remove_new_folder(out)
+        raise
     return result
 
 
@@ -193,7 +176,7 @@ def _plan(out: Path, existing: _Folder | None, folders: list[_Folder], allow_env
     everyone = ([existing] if existing and existing.samples else []) + folders
 
     # environments
-    named = [(str(f.root), environment_signature(f.meta.get("environment"))) for f in everyone]
+    named = [(str(f.root), merge_environment_key(f.meta.get("environment"))) for f in everyone]
     named = [(n, s) for n, s in named if s is not None]
     mismatch = any(s != named[0][1] for _, s in named[1:])
     if mismatch and not allow_env_mismatch:
@@ -334,7 +317,7 @@ def _merged_meta(existing: _Folder | None, folders: list[_Folder], result: Merge
         shard = folder.meta.get("shard") or {}
         merged_from[str(folder.root.resolve())] = {
             "shard": shard.get("shard"), "plan": shard.get("plan"), "samples": len(folder.samples),
-            "environment": environment_signature(folder.meta.get("environment")),
+            "environment": merge_environment_key(folder.meta.get("environment")),
         }
     meta["merged_from"] = merged_from
     result.warnings.extend(_coverage_warnings(merged_from))
@@ -385,6 +368,6 @@ def _place_files(out: Path, samples_from: list[tuple[_Folder, dict[str, Any]]], 
             if sha256_file(tmp) != row["audio_sha256"]:
                 tmp.unlink(missing_ok=True)
                 raise MergeError(f"copy of {src} does not match its recorded sha256; nothing was merged")
-        os.replace(tmp, dst)
+        replace(tmp, dst)
         result.files_linked += linked
         result.files_copied += not linked

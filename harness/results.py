@@ -29,10 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.store import RunStore, StoreError
+from harness.stages import STAGES, TOTAL
+from harness.store import read_store
 
-STAGES = ("encode", "denoise", "vae_decode", "vocoder", "rerank")
-TOTAL = "total"
 QUALITY_METRICS = ("fad", "kad", "clap_score")
 
 
@@ -76,18 +75,12 @@ def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
     """Read a run folder (read-only); ``label`` defaults to the folder name."""
     path = Path(run_dir)
-    if not (path / "run.sqlite").is_file():
-        raise StoreError(f"{path} is not a run folder (no run.sqlite); pass a folder written by "
-                         "`audioldm2-harness run` or `bench`")
-    store = RunStore.read_only(path)
-    try:
+    with read_store(path) as store:
         cells = [dict(r) for r in store.db.execute("SELECT * FROM cells ORDER BY created_at, id")]
         samples = [dict(r) for r in store.db.execute(
             "SELECT * FROM samples ORDER BY cell_id, prompt_id, seed")]
         return RunData(path, label or path.resolve().name, store.get_meta("environment", {}) or {},
                        cells, samples, store.measurements(), store.metrics())
-    finally:
-        store.close()
 
 
 def config_key(cell: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.errors import HarnessError
 from harness.checkpoints.registry import CheckpointError, describe
 from harness.environment import output_versions
 from harness.schedulers import SchedulerError, check_options, get_entry
@@ -26,7 +27,7 @@ from harness.schedulers import SchedulerError, check_options, get_entry
 Dtype = Literal["fp32", "fp16", "bf16"]
 
 
-class ConfigError(ValueError):
+class ConfigError(HarnessError, ValueError):
     """A sweep file that cannot be used; the message is one line naming the key."""
 
 

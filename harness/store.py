@@ -8,6 +8,7 @@ skipping the (cell, prompt, seed) keys that already have a row.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -15,13 +16,18 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import filelock
 import numpy as np
 from scipy.io import wavfile
 
-from harness.spec import Cell
+from harness.errors import HarnessError
+from harness.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from harness.spec import Cell
 
 SCHEMA_VERSION = 1
 
@@ -93,7 +99,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 """
 
 
-class StoreError(RuntimeError):
+class StoreError(HarnessError, RuntimeError):
     """The run folder cannot be used as asked; the message says why and what to do."""
 
 
@@ -119,15 +125,6 @@ def _safe_name(text: str) -> str:
     if safe != text:  # keep distinct ids distinct after sanitising
         safe += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return safe
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RunStore:
@@ -182,7 +179,7 @@ class RunStore:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row["value"])
 
-    def add_cells(self, cells: Iterable[Cell], runtime_options: dict[str, Any]) -> None:
+    def add_cells(self, cells: Iterable["Cell"], runtime_options: dict[str, Any]) -> None:
         """Insert cells that are not stored yet (a cell's row never changes)."""
         now = time.time()
         rows = [
@@ -240,17 +237,13 @@ class RunStore:
 
     @staticmethod
     def _write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            # scipy, not soundfile: libsndfile adds a timestamped PEAK chunk to float WAVs, which
-            # would make identical audio hash differently.
-            wavfile.write(fh, sample_rate, np.asarray(audio, dtype=np.float32))
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-        return digest
+        buffer = io.BytesIO()
+        # scipy, not soundfile: libsndfile adds a timestamped PEAK chunk to float WAVs, which
+        # would make identical audio hash differently.
+        wavfile.write(buffer, sample_rate, np.asarray(audio, dtype=np.float32))
+        data = buffer.getvalue()
+        atomic_write_bytes(path, data)
+        return hashlib.sha256(data).hexdigest()
 
     def write_measurements(self, cell_id: str, batch_size: int,
                            rows: Iterable[tuple[str, str, str, float]]) -> None:
@@ -350,3 +343,43 @@ def acquire_lock(run_dir: Path) -> filelock.BaseFileLock:
         ) from None
     (run_dir / "writer.pid").write_text(str(os.getpid()))
     return lock
+
+
+@contextmanager
+def writer_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run folder's writer lock (see ``acquire_lock``) for the duration."""
+    lock = acquire_lock(Path(run_dir))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def open_store(run_dir: str | Path) -> Iterator[RunStore]:
+    """The run folder's store (created if needed), held under the writer lock for the duration."""
+    with writer_lock(run_dir):
+        store = RunStore(run_dir)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def require_run_folder(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or a StoreError naming it when it holds no run.sqlite."""
+    path = Path(run_dir)
+    if not (path / "run.sqlite").is_file():
+        raise StoreError(f"{path} is not a run folder (no run.sqlite); pass a folder written by "
+                         "`audioldm2-harness run` or `bench`")
+    return path
+
+
+@contextmanager
+def read_store(run_dir: str | Path) -> Iterator[RunStore]:
+    """An existing run folder's store, read-only and without the writer lock."""
+    store = RunStore.read_only(require_run_folder(run_dir))
+    try:
+        yield store
+    finally:
+        store.close()

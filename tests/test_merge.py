@@ -10,7 +10,8 @@ import pytest
 from harness.spec import expand, parse_spec
 from harness.environment import fingerprint
 from harness.merge import MergeError, merge_runs
-from harness.store import RunStore, SampleRecord, sha256_file
+from harness.fileio import sha256_file
+from harness.store import RunStore, SampleRecord
 
 
 @pytest.fixture(scope="module")
@@ -122,20 +123,20 @@ def test_environment_mismatch_needs_allow(tmp_path, cells, env):
     other = {**env, "versions": {**env["versions"], "torch": "0.0.1"}, "git_commit": "deadbeef"}
     a = _folder(tmp_path / "a", cells, [(0, "p1", 0, 0.1)], env)
     b = _folder(tmp_path / "b", cells, [(0, "p1", 1, 0.1)], other)
-    with pytest.raises(MergeError, match=r"different environments .*torch .* vs 0\.0\.1.*git commit"):
+    with pytest.raises(MergeError, match=r"different environments .*git commit: .* != deadbeef.*torch: .* != 0\.0\.1"):
         merge_runs(tmp_path / "out", [a, b])
     assert not (tmp_path / "out").exists()
     result = merge_runs(tmp_path / "out", [a, b], allow_env_mismatch=True)
     assert result.samples_added == 2 and "different environments" in result.warnings[0]
     recorded = RunStore(tmp_path / "out").get_meta("merged_from")
-    assert {v["environment"]["git_commit"] for v in recorded.values()} == {env["git_commit"], "deadbeef"}
+    assert {v["environment"]["git commit"] for v in recorded.values()} == {env["git_commit"], "deadbeef"}
 
 
 def test_device_is_part_of_the_environment(tmp_path, cells, env):
     gpu = {**env, "gpu": "NVIDIA H100", "cuda_available": True}
     a = _folder(tmp_path / "a", cells, [(0, "p1", 0, 0.1)], env)
     b = _folder(tmp_path / "b", cells, [(0, "p1", 1, 0.1)], gpu)
-    with pytest.raises(MergeError, match="device cpu vs NVIDIA H100"):
+    with pytest.raises(MergeError, match="device: cpu != NVIDIA H100"):
         merge_runs(tmp_path / "out", [a, b])
 
 

@@ -14,7 +14,8 @@ from harness.cli import main
 from harness.report.build import build_report, listen_pairs, parse_formats
 from harness.results import cell_frame, load_run, sample_frame
 from harness.report.plots import latency_quality_plot, pareto_front, quality_steps_plot, stage_latency_plot
-from harness.store import StoreError, sha256_file
+from harness.fileio import sha256_file
+from harness.store import StoreError
 
 HTML_PROMPT = '<b>bold</b><script>alert(1)</script><img src=x onerror="window.__pwned=1">'
 ERROR = "simulated failure of seed 1 at 2 steps"

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 
 from harness.spec import expand, parse_spec
-from harness.store import RunStore, SampleRecord, StoreError, sha256_file
+from harness.fileio import sha256_file
+from harness.store import RunStore, SampleRecord, StoreError
 
 
 @pytest.fixture
@@ -61,12 +62,18 @@ def test_failed_write_leaves_no_row_and_no_partial_file(store, cell, monkeypatch
     with pytest.raises(OSError, match="No space left"):
         store.write_sample(_record(cell), np.zeros(100, np.float32), 16000)
     assert store.samples() == []
-    leftovers = list((store.root / "audio").rglob("*"))
-    assert all(p.is_dir() or p.suffix == ".tmp" for p in leftovers)
-    store.close()
-    reopened = RunStore(store.root)  # a new writer sweeps the partial file away
+    # The WAV is encoded in memory before anything touches the disk: no partial file at all.
     assert [p for p in (store.root / "audio").rglob("*") if p.is_file()] == []
-    reopened.close()
+    store.close()
+
+
+def test_a_new_writer_sweeps_away_temporary_files_of_a_killed_one(store, cell):
+    partial = store.root / "audio" / "cell" / ".x.wav.12345.tmp"  # what a SIGKILL mid-write leaves
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"RIFF half a header")
+    store.close()
+    RunStore(store.root).close()
+    assert not partial.exists()
 
 
 def test_failed_samples_are_rows_with_errors(store, cell):

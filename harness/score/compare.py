@@ -15,13 +15,13 @@ Results are printed and written to ``<run>/scores/compare-<A>-<B>.json``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from harness.fileio import atomic_write_text
 from harness.data.references import DEFAULT_MIN_DURATION_S, ingest_reference_folder
 from harness.score.embed.cache import AudioSource, EmbeddingCache, embed_sources, embed_texts
 from harness.score.metrics import (
@@ -34,7 +34,7 @@ from harness.score.metrics import (
     permutation_test_sets,
 )
 from harness.score.scoring import ScoreError, build_embedder, clip_loader, clip_matrix, parse_embedders, resolve_cell
-from harness.store import RunStore
+from harness.store import read_store
 
 
 @dataclass
@@ -71,13 +71,8 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
                   cache_dir: str | Path | None = None) -> CompareResult:
     """Paired tests of cell A against cell B (unique id prefixes accepted); see the module docstring."""
     root = Path(run_dir)
-    if not (root / "run.sqlite").is_file():
-        raise ScoreError(f"{run_dir} is not a run folder (no run.sqlite)")
-    store = RunStore.read_only(root)
-    try:
+    with read_store(root) as store:
         samples = store.samples()
-    finally:
-        store.close()
     cells = sorted({s["cell_id"] for s in samples})
     a, b = resolve_cell(cell_a, cells), resolve_cell(cell_b, cells)
     if a == b:
@@ -155,12 +150,8 @@ def _clap_test(name: str, a: np.ndarray, b: np.ndarray, bootstrap: int, seed: in
 
 def _write(root: Path, result: CompareResult) -> Path:
     path = root / "scores" / f"compare-{result.cell_a[:8]}-{result.cell_b[:8]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in asdict(result).items() if k != "path"}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # readers never see half a file
-    tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1, default=float) + "\n")
 
 
 def print_comparison(result: CompareResult) -> None:

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import HarnessError
 from harness.data.references import DEFAULT_MIN_DURATION_S, ReferenceSet, ingest_reference_folder
 from harness.score.embed.audio import Clip
 from harness.score.embed.cache import AudioSource, EmbeddingCache, EmbedResult, embed_sources, embed_texts
@@ -68,7 +69,7 @@ from harness.score.metrics import (
     median_pairwise_distance,
     set_metric_ci,
 )
-from harness.store import RunStore, acquire_lock
+from harness.store import RunStore, open_store
 
 __all__ = ["METRICS", "ScoreError", "ScoreResult", "parse_embedders", "print_scores", "score_run"]
 
@@ -78,7 +79,7 @@ FAD_INF_MIN_N = 50
 _POOLING = "mean of the clip's window embeddings"
 
 
-class ScoreError(ValueError):
+class ScoreError(HarnessError, ValueError):
     """Scoring cannot proceed as asked; the message says why and what to do."""
 
 
@@ -174,16 +175,9 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
         from harness.environment import resolve_device
 
         device = resolve_device("auto")
-    lock = acquire_lock(root)
-    try:
-        store = RunStore(root)
-        try:
-            return _score_locked(store, reference, names, options, device, bootstrap, confidence,
-                                 seed, cells, list(metrics), cache_dir, min_duration_s, progress)
-        finally:
-            store.close()
-    finally:
-        lock.release()
+    with open_store(root) as store:
+        return _score_locked(store, reference, names, options, device, bootstrap, confidence,
+                             seed, cells, list(metrics), cache_dir, min_duration_s, progress)
 
 
 def _score_locked(store: RunStore, reference: str, names: list[str], options: dict[str, dict[str, Any]],

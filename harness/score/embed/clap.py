@@ -36,12 +36,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from harness.hub import missing_weights_message
 from harness.score.embed._torch import state_dict_sha256
 from harness.score.embed.audio import RESAMPLER
 from harness.score.embed.registry import Embedder, EmbedderError, register
@@ -185,20 +185,10 @@ def _unit(output) -> np.ndarray:
 
 
 def _missing_clap_error(model: str, revision: str | None, err: Exception) -> EmbedderError:
-    from huggingface_hub import constants
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    rev = f" (revision {revision})" if revision else ""
-    reason = "HF_HUB_OFFLINE=1 forbids downloading" if offline else "downloading failed"
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    return EmbedderError(
-        f"cannot load CLAP model {model}{rev}: not a local folder, not in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}), and {reason} [{type(err).__name__}: {first_line}]. "
-        f"Get it on a machine with network: `hf download {model}"
-        f"{' --revision ' + revision if revision else ''}` (copy the cache folder over, or point "
-        "HF_HOME at it), or pass --clap-model FOLDER (a ClapModel saved with save_pretrained, "
-        "with its tokenizer and preprocessor_config.json)"
-    )
+    return EmbedderError(missing_weights_message(
+        "CLAP model ", model, revision, err,
+        "pass --clap-model FOLDER (a ClapModel saved with save_pretrained, with its tokenizer and "
+        "preprocessor_config.json)"))
 
 
 @register
