@@ -174,7 +174,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from harness.measure.bench import bench_sweep
-    from harness.generate.run_table import print_bench
+    from harness.measure.bench_table import print_bench
 
     if args.warmup is not None and args.warmup < 1:
         raise ValueError(f"--warmup must be >= 1 (the first call is always a warm-up), got {args.warmup}")

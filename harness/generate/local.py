@@ -17,43 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from harness.stages import TOTAL
 from harness.audio_checks import audio_flags
-from harness.spec import Cell
-from harness.data.prompts import Prompt
 from harness.measure.trackers import StageTimer
+from harness.plan import Batch, WorkItem
 from harness.generate.conditioning import ConditioningCache, ConditioningKey, stack
 from harness.generate.sampling import generate
 from harness.generate.load import LoadedPipeline, PipelineCache
-from harness.schedulers import build_scheduler
 from harness.store import RunStore, SampleRecord
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One sample to make: a cell, a prompt and a seed."""
-
-    cell: Cell
-    prompt: Prompt
-    seed: int
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """The sample's store key."""
-        return (self.cell.id, self.prompt.id, self.seed)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Items of one cell generated together; only ``todo`` ones are stored.
-
-    Batches are cut from the full plan, not from what is left, so a resumed run recomputes a
-    partly stored batch with the same neighbours and its audio is bit-identical to an
-    uninterrupted run's.
-    """
-
-    cell: Cell
-    items: tuple[WorkItem, ...]
-    todo: tuple[bool, ...]
 
 
 @dataclass
@@ -83,7 +54,7 @@ class LocalExecutor:
         for cell_id, group in itertools.groupby(batches, key=lambda b: b.cell.id):
             group = list(group)
             try:
-                loaded = self._prepare(group[0].cell)
+                loaded = self.pipelines.for_cell(group[0].cell, self.allow_unsafe)
             except Exception as err:  # noqa: BLE001 - reported per cell, the sweep goes on
                 report.cell_errors[cell_id] = f"{type(err).__name__}: {err}"
                 for batch in group:
@@ -95,13 +66,6 @@ class LocalExecutor:
                 self._run_batch(loaded, list(batch.items), list(batch.todo), report)
             del loaded  # so the next cell's load can free this pipeline first
         return report
-
-    def _prepare(self, cell: Cell) -> LoadedPipeline:
-        loaded = self.pipelines.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)
-        loaded.pipe.scheduler = build_scheduler(
-            cell.scheduler_type, cell.scheduler_options, loaded.base_scheduler, self.allow_unsafe
-        )
-        return loaded
 
     def _run_batch(self, loaded: LoadedPipeline, batch: list[WorkItem], todo: list[bool],
                    report: ExecutionReport) -> None:
@@ -136,7 +100,7 @@ class LocalExecutor:
         with loaded.call_context():
             audio = generate(pipe, stack(conds, guided), [i.seed for i in batch], cell.steps,
                              cell.guidance_scale, cell.audio_length_s, timer)
-        timings = {**timer.results(), "total": time.perf_counter() - start, "denoise_steps": cell.steps}
+        timings = {**timer.results(), TOTAL: time.perf_counter() - start, "denoise_steps": cell.steps}
         return audio, timings, cached
 
     def _store(self, loaded: LoadedPipeline, item: WorkItem, audio: np.ndarray | None,

@@ -8,19 +8,17 @@ leaves a stale lock) guards it.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from harness.checkpoints.registry import describe
 from harness.spec import Cell, ConfigError, SweepSpec, check_runtime, expand, load_spec
-from harness.data.prompts import Prompt, PromptSet, load_prompt_set
+from harness.data.prompts import PromptSet, load_prompt_set
 from harness.environment import fingerprint, resolve_device
-from harness.generate.local import Batch, ExecutionReport, LocalExecutor, WorkItem
+from harness.generate.local import ExecutionReport, LocalExecutor
+from harness.plan import WorkItem, cut_batches, plan
 from harness.plan.shard import Shard, check_shard_folder, partition, shard_meta
 from harness.generate.load import check_device_dtype
-from harness.store import RunStore, acquire_lock
+from harness.store import open_store
 
 
 @dataclass
@@ -40,50 +38,6 @@ def default_run_dir(spec: SweepSpec) -> Path:
     return Path("runs") / spec.name
 
 
-def prompts_for(checkpoint: str, prompts: PromptSet, limit: int | None) -> list[Prompt]:
-    """The prompts a checkpoint runs: speech checkpoints take only prompts with a transcription."""
-    chosen = list(prompts.prompts)
-    if describe(checkpoint).needs_transcription:
-        chosen = [p for p in chosen if p.transcription]
-        if not chosen:
-            raise ConfigError(
-                f"checkpoint {checkpoint!r} needs a transcription, but prompt set {prompts.name!r} "
-                "has no prompt with one; add 'transcription' to some prompts"
-            )
-    return chosen[:limit] if limit else chosen
-
-
-def cut_batches(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, batch_size: int) -> list[Batch]:
-    """The full plan, cut into batches whatever the store holds (so resumes and shards agree)."""
-    per_checkpoint = {c.id: prompts_for(c.id, prompts, spec.prompts.limit) for c in spec.checkpoints}
-    batches = []
-    for cell in cells:
-        items = [WorkItem(cell, p, seed) for p in per_checkpoint[cell.checkpoint] for seed in spec.seeds]
-        for start in range(0, len(items), batch_size):
-            chunk = tuple(items[start:start + batch_size])
-            batches.append(Batch(cell, chunk, (True,) * len(chunk)))
-    return batches
-
-
-def plan(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, done: set[tuple[str, str, int]],
-         batch_size: int, shard: Shard | None = None) -> tuple[list[Batch], int, int]:
-    """Batches holding work not yet in the store; also (samples to do, samples already stored).
-
-    With ``shard``, only the batches the partition of the full plan gives that shard.
-    """
-    full = cut_batches(spec, cells, prompts, batch_size)
-    if shard is not None:
-        full = partition(full, shard.count).select(shard)
-    batches, todo_count, total = [], 0, 0
-    for batch in full:
-        total += len(batch.items)
-        todo = tuple(i.key not in done for i in batch.items)
-        if any(todo):
-            batches.append(Batch(batch.cell, batch.items, todo))
-            todo_count += sum(todo)
-    return batches, todo_count, total - todo_count
-
-
 def prepare(config: str | Path) -> tuple[SweepSpec, list[Cell], PromptSet]:
     """Load a sweep file, expand its cells on the resolved device, check them, load its prompts."""
     spec = load_spec(config)
@@ -95,20 +49,6 @@ def prepare(config: str | Path) -> tuple[SweepSpec, list[Cell], PromptSet]:
         except ValueError as err:
             raise ConfigError(f"{config}: {err}") from None
     return spec, cells, load_prompt_set(spec.prompts.set)
-
-
-@contextmanager
-def open_store(run_dir: Path) -> Iterator[RunStore]:
-    """The run folder's store, held under the writer lock for the duration."""
-    lock = acquire_lock(run_dir)
-    try:
-        store = RunStore(run_dir)
-        try:
-            yield store
-        finally:
-            store.close()
-    finally:
-        lock.release()
 
 
 def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_failed: bool = False,

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from harness.stages import DENOISE, DENOISE_STEP, VAE_DECODE, VOCODER
 from harness.measure.trackers import NullTracker, Tracker
 from harness.generate.conditioning import Conditioning
 
@@ -48,7 +49,7 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
     )
     extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
     for t in pipe.scheduler.timesteps:
-        with tracker.stage("denoise/step"):
+        with tracker.stage(DENOISE_STEP):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             noise = pipe.unet(
@@ -68,9 +69,9 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor, keep: int, tracker: Tracker) -> np.ndarray:
     """VAE decode and vocoder; returns float32 waveforms of shape (batch, keep)."""
-    with tracker.stage("vae_decode"):
+    with tracker.stage(VAE_DECODE):
         mel = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    with tracker.stage("vocoder"):
+    with tracker.stage(VOCODER):
         audio = pipe.mel_spectrogram_to_waveform(mel)[:, :keep]
     return audio.numpy().astype(np.float32, copy=False)
 
@@ -80,6 +81,6 @@ def generate(pipe, cond: Conditioning, seeds: list[int], steps: int, guidance_sc
     """Generate one waveform per seed from a stacked conditioning (see conditioning.stack)."""
     tracker = tracker or NullTracker()
     height, keep = latent_height(pipe, audio_length_s)
-    with tracker.stage("denoise"):
+    with tracker.stage(DENOISE):
         latents = denoise(pipe, cond, generators_for(seeds), steps, guidance_scale, height, tracker)
     return decode(pipe, latents, keep, tracker)
