@@ -142,7 +142,9 @@ class RunStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         (self.root / "audio").mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.root / "run.sqlite", timeout=30)
+        # The sample writer thread commits rows while the generating thread runs; they never use
+        # the connection at the same time (the writer is drained before anything else touches it).
+        self.db = sqlite3.connect(self.root / "run.sqlite", timeout=30, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
