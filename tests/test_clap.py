@@ -22,7 +22,7 @@ def fused():
 
 
 def _clip(seconds: float, seed: int = 0, peak: float = 0.3) -> np.ndarray:
-    n = int(round(seconds * RATE))
+    n = round(seconds * RATE)
     t = np.arange(n) / RATE
     rng = np.random.default_rng(seed)
     return (0.1 * rng.standard_normal(n) + peak * np.sin(2 * np.pi * (300 + 200 * t) * t)).astype(np.float32)

@@ -75,7 +75,7 @@ def repeat_pad(samples: np.ndarray, length: int) -> np.ndarray:
 
 def fusion_chunk_starts(total_frames: int, chunk_frames: int, seed: int) -> tuple[int, int, int]:
     """Start frames of the front, middle and back chunks, drawn as laion draws them after ``np.random.seed(seed)``."""
-    ranges = np.array_split(list(range(0, total_frames - chunk_frames + 1)), 3)
+    ranges = np.array_split(list(range(total_frames - chunk_frames + 1)), 3)
     ranges = [r if len(r) else [0] for r in ranges]  # too few starts: laion falls back to 0
     rng = np.random.RandomState(seed)
     return tuple(int(rng.choice(r)) for r in ranges)
