@@ -20,7 +20,7 @@ trained here) in place of roberta-base:
 Step 1 builds ``CLAP_Module(enable_fusion=True)`` (HTSAT-tiny, fusion ``aff_2d``) with random
 weights (batch-norm statistics and layer norms randomised too, so they matter), saves its state
 dict, the tokenizer, the clips and laion's embeddings: audio of 1 s, 5 s (peaks at 1.6, so the
-int16 round trip clips), 9.9 s, 10 s + 100 samples (longer by less than a hop), 10.24 s and
+int16 round trip clips), 5 s with nothing above 7.8 kHz (as 16 kHz AudioLDM 2 output), 9.9 s, 10 s + 100 samples (longer by less than a hop), 10.24 s and
 20 s, each from ``get_audio_embedding_from_data`` after ``np.random.seed(SEED)`` (which makes
 laion's chunk choice the one the harness draws from ``RandomState(SEED)``), with torchvision's
 default ``Resize`` (antialiased) and with ``antialias=False``; text of a short caption and a
@@ -52,8 +52,8 @@ import numpy as np
 
 SEED = 0
 RATE = 48000
-LENGTHS = {"1 s": RATE, "5 s (peaks 1.6)": 5 * RATE, "9.9 s": int(9.9 * RATE), "10 s + 100 samples": 10 * RATE + 100,
-           "10.24 s": int(10.24 * RATE), "20 s": 20 * RATE}
+LENGTHS = {"1 s": RATE, "5 s (peaks 1.6)": 5 * RATE, "5 s (16 kHz origin)": 5 * RATE, "9.9 s": int(9.9 * RATE),
+           "10 s + 100 samples": 10 * RATE + 100, "10.24 s": int(10.24 * RATE), "20 s": 20 * RATE}
 TEXT_CONFIG = {"vocab_size": 1000, "hidden_size": 768, "num_hidden_layers": 2, "num_attention_heads": 12,
                "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1,
                "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5, "hidden_act": "gelu"}
@@ -70,7 +70,11 @@ def _clips() -> dict[str, np.ndarray]:
     for name, n in LENGTHS.items():
         t = np.arange(n) / RATE
         clip = 0.1 * rng.standard_normal(n) + 0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)
-        out[name] = (clip * (4.0 if name.startswith("5 s") else 1.0)).astype(np.float32)
+        if "16 kHz" in name:  # nothing above 8 kHz: only the int16 round trip fills those mel bins
+            spectrum = np.fft.rfft(clip)
+            spectrum[np.fft.rfftfreq(n, 1 / RATE) > 7800] = 0
+            clip = 0.3 * np.fft.irfft(spectrum, n)
+        out[name] = (clip * (4.0 if "peaks" in name else 1.0)).astype(np.float32)
     return out
 
 
@@ -251,6 +255,7 @@ def compare(out: Path, model: str | None = None) -> None:
 def _sensitivity(folder: Path, ref, names: list[str], seed: int) -> None:
     """How far the check can see: cosines against laion_clap when a setting is deliberately wrong."""
     from harness.score.embed import get_embedder
+    from harness.score.embed.clap import repeat_pad
 
     laion = {n: ref[f"audio|{n}|True"] for n in names}
     spread = min(_cos(laion[a], laion[b]) for a in names for b in names if a != b)
@@ -265,6 +270,15 @@ def _sensitivity(folder: Path, ref, names: list[str], seed: int) -> None:
     window = get_embedder("clap-window", model=str(folder))
     for name, mine in zip(names, window.embed_audio([ref[f"clip|{n}"] for n in names])):
         print(f"| clap-window (window average, no int16 round trip) | {name} | {_cos(mine.mean(0), laion[name]):.6f} |")
+    plain = get_embedder("clap", model=str(folder), fusion_seed=seed)
+    name = "5 s (16 kHz origin)"
+    features = plain.log_mel(repeat_pad(ref[f"clip|{name}"], plain.max_samples))  # no int16 round trip
+    import torch
+
+    with torch.no_grad():
+        mine = plain.model.get_audio_features(input_features=torch.from_numpy(np.stack([features] * 4)[None]).float(),
+                                              is_longer=torch.zeros((1, 1), dtype=torch.bool)).pooler_output[0]
+    print(f"| clap without the int16 round trip | {name} | {_cos(mine.numpy(), laion[name]):.6f} |")
 
 
 if __name__ == "__main__":

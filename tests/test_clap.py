@@ -166,3 +166,19 @@ def test_identity_records_every_setting_of_the_laion_mode(fused):
     assert pre["text"]["max_tokens"] == 77 and pre["fusion_seed"] == 0 and pre["resize_antialias"] is False
     assert "int16" in pre["int16_round_trip"] and pre["mel_filters"] == "htk, no norm"
     assert get_embedder("tiny-clap", fusion=True).identity_key != fused.identity_key  # antialias on
+
+
+def test_gate_refuses_to_compare_clap_scores_of_different_modes(fused):
+    from harness.gate.compare import judge
+    from harness.gate.policy import Rule
+    from harness.gate.summary import Figure
+
+    keys = [f"p{i}|0" for i in range(8)]
+    scores = list(np.linspace(0.2, 0.3, 8))
+    rule = Rule(figure="clap_score:*", max_regression=0.02)
+    other_mode = get_embedder("tiny-clap-window", fusion=True).identity_key
+    for cand_id, status in ((fused.identity_key, "pass"), (other_mode, "incomparable")):
+        base = Figure(0.25, "higher", samples=scores, keys=keys, reference_id="r", embedder_id=fused.identity_key)
+        cand = Figure(0.25, "higher", samples=scores, keys=keys, reference_id="r", embedder_id=cand_id)
+        verdict = judge("c", "l", "clap_score:tiny-clap", base, cand, rule, 0.05)
+        assert verdict.status == status, verdict
