@@ -17,7 +17,8 @@ trained here) in place of roberta-base:
     # 2. the harness's environment: convert the same weights into transformers' ClapModel, embed the same inputs
     python benchmarks/clap_crosscheck.py compare /tmp/clapx
 
-Step 1 builds ``CLAP_Module(enable_fusion=True)`` (HTSAT-tiny, fusion ``aff_2d``) with random
+Step 1 builds ``CLAP_Module(enable_fusion=True)`` (HTSAT-tiny, fusion ``aff_2d``; and an
+unfused one, ``enable_fusion=False``, with other random weights) with random
 weights (batch-norm statistics and layer norms randomised too, so they matter), saves its state
 dict, the tokenizer, the clips and laion's embeddings: audio of 1 s, 5 s (peaks at 1.6, so the
 int16 round trip clips), 5 s with nothing above 7.8 kHz (as 16 kHz AudioLDM 2 output), 9.9 s, 10 s + 100 samples (longer by less than a hop), 10.24 s and
@@ -163,6 +164,15 @@ def reference(out: Path, ckpt: str | None = None) -> None:
     torchvision.transforms.Resize = resize
     text = module.get_text_embedding(TEXTS)
     tokens = [len(module.tokenize(t)["input_ids"]) for t in TEXTS]
+    if ckpt is None:  # the unfused model too: its own mel filters, a seeded 10 s crop of longer clips
+        torch.manual_seed(1)
+        unfused = CLAP_Module(enable_fusion=False, device="cpu")
+        _randomise_norms(unfused.model)
+        torch.save(unfused.model.state_dict(), out / "laion_clap_unfused.pt")
+        for name, clip in clips.items():
+            np.random.seed(SEED)  # laion's rand_trunc crop offset
+            audio[f"{name}|unfused"] = unfused.get_audio_embedding_from_data([clip])[0]
+        audio["text|unfused"] = unfused.get_text_embedding(TEXTS)
     np.savez(out / "laion.npz", text=text, **{f"clip|{k}": v for k, v in clips.items()},
              **{f"audio|{k}": v for k, v in audio.items()})
     (out / "meta.json").write_text(json.dumps({"seed": SEED, "tokens": tokens, "texts": TEXTS, "ckpt": ckpt,
@@ -195,24 +205,25 @@ def laion_to_transformers(state: dict) -> dict:
     return out
 
 
-def _hf_folder(out: Path, meta: dict) -> Path:
+def _hf_folder(out: Path, meta: dict, fused: bool = True) -> Path:
     """A ClapModel folder (weights, tokenizer, feature extractor) holding laion's random weights."""
     import torch
     from transformers import AutoTokenizer, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
     text = ClapTextConfig(**meta["text_config"], projection_dim=512, projection_hidden_act="relu")
-    audio = ClapAudioConfig(enable_fusion=True, fusion_type="aff_2d", projection_dim=512)
+    audio = ClapAudioConfig(enable_fusion=fused, fusion_type="aff_2d" if fused else None, projection_dim=512)
     model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=512))
-    state = laion_to_transformers(torch.load(out / "laion_clap_fused.pt", map_location="cpu", weights_only=True))
+    kind = "fused" if fused else "unfused"
+    state = laion_to_transformers(torch.load(out / f"laion_clap_{kind}.pt", map_location="cpu", weights_only=True))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids", "relative_position_index"))]
     if missing or unexpected:
         raise SystemExit(f"conversion incomplete: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    folder = out / "hf"
+    folder = out / f"hf-{kind}"
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(out / "tokenizer").save_pretrained(folder)
     ClapFeatureExtractor(feature_size=64, sampling_rate=RATE, hop_length=480, max_length_s=10, fft_window_size=1024,
-                         frequency_min=50, frequency_max=14000, truncation="fusion",
+                         frequency_min=50, frequency_max=14000, truncation="fusion" if fused else "rand_trunc",
                          padding="repeatpad").save_pretrained(folder)
     return folder
 
@@ -246,6 +257,16 @@ def compare(out: Path, model: str | None = None) -> None:
         cos = _cos(text[i], ref["text"][i])
         worst = min(worst, cos)
         rows.append(f"| text, {n_tokens} tokens | - | {cos:.9f} |")
+    if model is None and (out / "laion_clap_unfused.pt").is_file():
+        unfused = get_embedder("clap", model=str(_hf_folder(out, meta, fused=False)), fusion_seed=meta["seed"])
+        for name, mine in zip(names, unfused.embed_audio([ref[f"clip|{n}"] for n in names])):
+            cos = _cos(mine[0], ref[f"audio|{name}|unfused"])
+            worst = min(worst, cos)
+            rows.append(f"| unfused model: audio {name} | - | {cos:.9f} |")
+        for i, (mine, theirs) in enumerate(zip(unfused.embed_text(meta["texts"]), ref["audio|text|unfused"])):
+            cos = _cos(mine, theirs)
+            worst = min(worst, cos)
+            rows.append(f"| unfused model: text, {meta['tokens'][i]} tokens | - | {cos:.9f} |")
     print("| input | global-mel resize | cosine (harness clap vs laion_clap 1.1.7) |\n|---|---|---|")
     print("\n".join(rows))
     print(f"lowest cosine {worst:.9f} (target >= 0.99999)\n")
