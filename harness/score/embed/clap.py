@@ -17,7 +17,7 @@ random choices made deterministic:
   a longer clip takes the fusion branch: the log-mel of the whole clip, its three chunks of
   ``C = 480000 // 480 + 1 = 1001`` frames starting at one random frame of each third of the
   possible starts (``np.array_split(range(T - C + 1), 3)``), and the whole mel resized to
-  (C, 64) (bilinear, ``align_corners=False``; antialiased as torchvision >= 0.17's ``Resize``
+  (C, 64) (bilinear, ``align_corners=False``; antialiased as current torchvision's ``Resize``
   does by default, or not, as older torchvision and transformers' ``ClapFeatureExtractor`` do:
   ``resize_antialias``), with ``is_longer = True``. A clip of 10 s plus less than one hop has
   ``T == C`` and, as in laion, is its own mel stacked four times, not longer;
