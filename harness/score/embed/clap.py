@@ -156,6 +156,13 @@ class ClapBase(Embedder):
 
     supports_text = True
     sample_rate = 48000
+    model_id: str
+    revision: str | None
+
+    def source(self) -> dict[str, Any]:
+        """Where the weights came from (the tiny models override this)."""
+        return {"model": self.model_id, "revision": self.revision,
+                "commit": getattr(self.model.config, "_commit_hash", None)}
 
     def _setup(self, model, tokenizer, feature_extractor, device: str, batch_size: int) -> None:
         if feature_extractor.sampling_rate != self.sample_rate:
@@ -318,11 +325,6 @@ class ClapEmbedder(LaionClap):
         self.model_id, self.revision = str(model), revision
         self._setup(*load_clap(self.model_id, revision), device, batch_size)
         self._laion_setup(fusion_seed, resize_antialias)
-
-    def source(self) -> dict[str, Any]:
-        return {"model": self.model_id, "revision": self.revision,
-                "commit": getattr(self.model.config, "_commit_hash", None)}
-
 
 @register
 class TinyClapEmbedder(LaionClap):

@@ -112,11 +112,6 @@ class ClapWindowEmbedder(WindowAverageClap):
         self._setup(*load_clap(self.model_id, revision), device, batch_size)
         self._window_setup()
 
-    def source(self) -> dict[str, Any]:
-        return {"model": self.model_id, "revision": self.revision,
-                "commit": getattr(self.model.config, "_commit_hash", None)}
-
-
 @register
 class TinyClapWindowEmbedder(WindowAverageClap):
     """The window-average rule on the random-weight tiny ClapModel (tests only)."""
