@@ -124,7 +124,7 @@ def _html(frame: pd.DataFrame, steps: list[SeriesStep], runs: list[dict[str, Any
     commits = list(dict.fromkeys(frame.sort_values("position")["commit_sha"]))
     newest = len(commits) - 1
     sections = []
-    for figure, part in frame.groupby("figure", sort=True):
+    for figure, part in sorted(frame.groupby("figure"), key=lambda item: figure_order(item[0])):
         plots = []
         for (cell_key, label), series in part.groupby(["cell_key", "cell_label"], sort=True):
             series_steps = [s for s in steps if s.cell_key == cell_key and s.figure == figure]
@@ -144,6 +144,13 @@ def _html(frame: pd.DataFrame, steps: list[SeriesStep], runs: list[dict[str, Any
         "downloads": [FILES[f] for f in formats if f != "html"],
     }
     return _template().render(**context)
+
+
+def figure_order(figure: str) -> tuple[int, str]:
+    """Page order: total latency, stage latencies, memory, quality, then failed/flagged fractions."""
+    rank = (0 if figure.startswith("latency_ms:total") else 1 if figure.startswith("latency_ms") else
+            2 if figure.startswith("memory") else 4 if figure.endswith("_fraction") else 3)
+    return rank, figure
 
 
 def anchor(figure: str) -> str:

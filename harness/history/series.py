@@ -54,7 +54,8 @@ def analyse(frame: pd.DataFrame, penalty: float = DEFAULT_PENALTY, min_size: int
         part["position"] = part["commit_sha"].map(positions)
         part["se"] = [_se(row) for row in part.itertuples()]
         part["environment_change"] = _environment_changes(part["env_key"].tolist())
-        relative = part["scale"].iloc[0] == "ratio"
+        # Ratio-scale figures are compared as ratios (log scale), which needs positive values throughout.
+        relative = part["scale"].iloc[0] == "ratio" and bool((part["value"] > 0).all())
         found, tau = detect(part["value"].to_numpy(), part["se"].to_numpy(), relative, penalty, min_size, confidence)
         part["level"] = segment_levels(part["value"], part["se"], found, relative, tau)
         part["step"] = False
