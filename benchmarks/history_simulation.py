@@ -23,13 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from harness.history.changepoints import DEFAULT_PENALTY, between_run_variance, detect, point_se
+from harness.history.changepoints import (
+    DEFAULT_PENALTY,
+    between_run_variance,
+    detect,
+    point_se,
+)
 
 STEPS = (0.0, 0.05, 0.10, 0.20)
 

@@ -7,7 +7,6 @@ The full table, with the noise measured on this machine, is in RESULTS.md.
 from __future__ import annotations
 
 import pytest
-
 from history_simulation import Noise, study
 
 QUIET = Noise(within_cv=0.03, between_cv=0.02, calls=8)

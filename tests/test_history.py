@@ -110,6 +110,13 @@ def test_each_points_uncertainty_decides_not_a_threshold():
     assert detect(values, np.full(20, 5.0), relative=False)[0] == []
 
 
+def test_a_single_number_series_creeping_by_kib_has_no_step_but_a_jump_is_one():
+    creep = 550.0 + 0.05 * np.arange(12)  # MiB: a process growing by 50 KiB a run (seen in the demo)
+    assert detect(creep, np.zeros(12), relative=True)[0] == []
+    jump = creep * np.where(np.arange(12) >= 6, 1.05, 1.0)
+    assert [s.index for s in detect(jump, np.zeros(12), relative=True)[0]] == [6]
+
+
 def test_step_size_and_ci_match_the_weighted_means_by_hand():
     values = np.array([1.0, 1.2, 0.8, 3.0, 3.2, 2.8])
     se = np.array([0.1, 0.1, 0.1, 0.2, 0.2, 0.2])

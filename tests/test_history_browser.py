@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_history import DAY, ENV, T0, _calls, fake_run
+from test_report_browser import _chromium
 
 from harness.history.report import build_history_report
 from harness.history.store import HistoryStore
-from test_history import DAY, ENV, T0, _calls, fake_run
-from test_report_browser import _chromium
 
 pytestmark = pytest.mark.browser
 SCREENSHOT = Path(__file__).resolve().parents[1] / "test-artifacts" / "history-screenshot.png"

@@ -9,7 +9,8 @@ The method (numpy only):
    raw observations (median of per-call latencies: ``1.2533 * std / sqrt(n)``), from its
    confidence interval (bootstrap CI of FAD, KAD, CLAP: half-width over the normal quantile),
    or from its count (a failed or flagged fraction: binomial, with one pseudo-observation so that
-   0 of n still has a spread). Single numbers (a memory peak) have none.
+   0 of n still has a spread). Single numbers (a memory peak) have none; they get a resolution
+   of 0.5 % (``RESOLUTION``).
 3. **Run-to-run variation** (``tau``): timings drift between runs (machine state, neighbours)
    by more than their spread within one run, so each point's variance is ``se**2 + tau**2``.
    ``tau**2`` is estimated from successive differences (the von Neumann / Rice estimator, made
@@ -30,14 +31,18 @@ The method (numpy only):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy.stats import norm
 
 DEFAULT_PENALTY = 3.0  # times log(n); chosen with benchmarks/history_simulation.py (see RESULTS.md)
 DEFAULT_MIN_SIZE = 2  # points per segment: one outlying run is not a step
+# A single number with no observations (a memory peak) still wobbles between identical runs
+# (allocator, page cache, a growing process): 0.5 % is taken as its resolution, so a creep of a
+# few hundred KiB is not a step while a +5 % jump still is.
+RESOLUTION = 0.005
 _MEDIAN_SE = math.sqrt(math.pi / 2)  # SE of a normal sample's median over the SE of its mean
 
 
@@ -119,6 +124,7 @@ def detect(values: Sequence[float], se: Sequence[float], relative: bool, penalty
            min_size: int = DEFAULT_MIN_SIZE, confidence: float = 0.95) -> tuple[list[Step], float]:
     """Steps of one series and the run-to-run SD used (``tau``, on the analysis scale)."""
     x, s = to_analysis_scale(np.asarray(values, float), np.asarray(se, float), relative)
+    s = _with_resolution(s, relative)
     tau2 = between_run_variance(x, s)
     var = s**2 + tau2
     floor = (1e-6 * max(1.0, float(np.median(np.abs(x))))) ** 2  # a perfectly flat series (e.g. memory)
@@ -141,12 +147,17 @@ def segment_levels(values: Sequence[float], se: Sequence[float], steps: Sequence
                    tau: float) -> np.ndarray:
     """Each point's segment level (inverse-variance weighted mean), on the figure's own scale."""
     x, s = to_analysis_scale(np.asarray(values, float), np.asarray(se, float), relative)
-    var = np.maximum(s**2 + tau**2, 1e-300)
+    var = np.maximum(_with_resolution(s, relative) ** 2 + tau**2, 1e-300)
     bounds = [0, *(st.index for st in steps), len(x)]
     out = np.empty(len(x))
     for a, b in zip(bounds, bounds[1:]):
         out[a:b] = _level(x[a:b], var[a:b])[0]
     return np.exp(out) if relative else out
+
+
+def _with_resolution(se: np.ndarray, relative: bool) -> np.ndarray:
+    """Points without an uncertainty of their own get the resolution of a single number (ratio scale)."""
+    return np.where(se > 0, se, RESOLUTION) if relative else se
 
 
 def _level(x: np.ndarray, var: np.ndarray) -> tuple[float, float]:

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.history.changepoints import DEFAULT_MIN_SIZE, DEFAULT_PENALTY, detect, point_se, segment_levels
+from harness.history.changepoints import (
+    DEFAULT_MIN_SIZE,
+    DEFAULT_PENALTY,
+    detect,
+    point_se,
+    segment_levels,
+)
 
 FRACTIONS = ("failed_fraction", "flagged_fraction")
 

@@ -106,10 +106,10 @@ class HistoryStore:
         """Close the SQLite connection."""
         self.db.close()
 
-    def __enter__(self) -> "HistoryStore":
+    def __enter__(self) -> HistoryStore:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def add(self, run_dir: str | Path, commit: str | None = None, commit_time: float | str | None = None,
@@ -181,7 +181,7 @@ def _commit_time(commit: str, given: float | str | None, repo: str | Path | None
 def _git_time(commit: str, repo: str | Path | None) -> float | None:
     try:
         out = subprocess.run(["git", "-C", str(repo or "."), "show", "-s", "--format=%ct", commit],
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return float(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
