@@ -203,6 +203,21 @@ def test_regression_and_environment_change_are_named_by_commit(history):
     assert frame["step"].sum() == 2
 
 
+def test_runs_of_one_commit_are_one_point_and_never_split_by_a_step(tmp_path):
+    rng = np.random.default_rng(6)
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        for i in range(8):
+            for rerun, level in enumerate([100.0, 130.0] if i == 3 else [100.0]):  # commit 3: a slow rerun
+                store.add(fake_run(tmp_path, f"r{i}-{rerun}", _calls(rng, level)), commit=f"{i}" * 40,
+                          commit_time=T0 + i * DAY + rerun)
+        frame, steps = analyse(store.frame())
+    assert len(frame) == 8 and frame["runs"].tolist() == [1, 1, 1, 2, 1, 1, 1, 1]
+    pooled = frame.iloc[3]
+    assert pooled["value"] == pytest.approx(math.sqrt(100 * 130), rel=0.05)  # geometric mean of the two runs
+    assert pooled["se"] / pooled["value"] == pytest.approx(abs(math.log(1.3)) / 2, rel=0.2)  # their spread
+    assert steps == []
+
+
 def test_commit_time_from_git_else_the_run_creation(tmp_path):
     import subprocess
 

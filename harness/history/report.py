@@ -27,7 +27,7 @@ from harness.history.store import HistoryError, HistoryStore
 FORMATS = ("html", "md", "csv", "parquet")
 FILES = {"html": "index.html", "md": "summary.md", "csv": "series.csv", "parquet": "series.parquet"}
 SERIES_COLUMNS = ["position", "commit_sha", "date", "commit_time_source", "cell_key", "cell_label", "figure",
-                  "unit", "better", "scale", "value", "ci_low", "ci_high", "confidence", "n", "se", "level",
+                  "unit", "better", "scale", "runs", "value", "ci_low", "ci_high", "confidence", "n", "se", "level",
                   "step", "environment_change", "env_key", "source", "run_key"]
 
 

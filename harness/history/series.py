@@ -59,9 +59,10 @@ def analyse(frame: pd.DataFrame, penalty: float = DEFAULT_PENALTY, min_size: int
         part = part.copy()
         part["position"] = part["commit_sha"].map(positions)
         part["se"] = [_se(row) for row in part.itertuples()]
-        part["environment_change"] = _environment_changes(part["env_key"].tolist())
         # Ratio-scale figures are compared as ratios (log scale), which needs positive values throughout.
         relative = part["scale"].iloc[0] == "ratio" and bool((part["value"] > 0).all())
+        part = one_point_per_commit(part, relative)
+        part["environment_change"] = _environment_changes(part["env_key"].tolist())
         found, tau = detect(part["value"].to_numpy(), part["se"].to_numpy(), relative, penalty, min_size, confidence)
         part["level"] = segment_levels(part["value"], part["se"], found, relative, tau)
         part["step"] = False
@@ -70,6 +71,28 @@ def analyse(frame: pd.DataFrame, penalty: float = DEFAULT_PENALTY, min_size: int
             steps.append(_series_step(part, st, cell_key, figure))
         parts.append(part)
     return pd.concat(parts).sort_values(["position", "cell_key", "figure"], kind="stable"), steps
+
+
+def one_point_per_commit(part: pd.DataFrame, relative: bool) -> pd.DataFrame:
+    """Runs of one commit (in one environment) pooled into one point, so a step always lies between
+    commits: the mean (geometric on the ratio scale) with the larger of two standard errors, the
+    one the runs' own SEs give and the one their spread gives. ``runs`` counts the runs pooled."""
+    part = part.assign(runs=1)
+    if not part.duplicated(["commit_sha", "env_key"]).any():
+        return part
+    rows = []
+    for _, group in part.groupby(["commit_sha", "env_key"], sort=False):
+        row = group.iloc[-1].copy()
+        if len(group) > 1:
+            k, v, se = len(group), group["value"].to_numpy(float), group["se"].to_numpy(float)
+            x, s = (np.log(v), se / v) if relative else (v, se)
+            mean, pooled = x.mean(), max(np.sqrt(np.sum(s**2)) / k, x.std(ddof=1) / np.sqrt(k))
+            row["value"] = np.exp(mean) if relative else mean
+            row["se"] = pooled * row["value"] if relative else pooled
+            row[["ci_low", "ci_high", "observations"]] = [np.nan, np.nan, None]  # the pooled point has its SE
+            row["runs"] = k
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _se(row: Any) -> float:
