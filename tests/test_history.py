@@ -239,6 +239,15 @@ def test_commit_time_from_git_else_the_run_creation(tmp_path):
             store.add(fake_run(tmp_path, "r2", [5.0, 6.0]), commit="0" * 40, repo=repo)
 
 
+def test_history_path_takes_a_file_or_a_folder(tmp_path):
+    from harness.history.store import history_path
+
+    assert history_path(tmp_path) == tmp_path / "history.sqlite"
+    assert history_path(f"{tmp_path}/new-cache/") == tmp_path / "new-cache" / "history.sqlite"
+    assert history_path(tmp_path / "h.db") == tmp_path / "h.db"
+    assert history_path(None) == Path("history.sqlite")
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path):
     run = fake_run(tmp_path, "r", [100.0, 101.0])
     with HistoryStore(tmp_path / "h.sqlite") as store, pytest.raises(HistoryError, match="pass --commit"):

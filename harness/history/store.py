@@ -77,8 +77,9 @@ class AddResult:
 
 def history_path(path: str | Path | None) -> Path:
     """The history file: ``path`` itself, or ``history.sqlite`` inside it when it is a folder."""
+    folder = str(path or "").endswith(("/", "\\"))  # a folder a CI job has not created yet
     path = Path(path or DEFAULT_FILE)
-    return path / DEFAULT_FILE if path.is_dir() else path
+    return path / DEFAULT_FILE if folder or path.is_dir() else path
 
 
 class HistoryStore:
