@@ -26,7 +26,7 @@ T0 = 1_790_000_000.0
 
 
 def fake_run(root: Path, name: str, calls_ms: list[float], env: dict | None = None,
-             fad: tuple[float, float, float] | None = None, checkpoint: str = "tiny-audio") -> Path:
+             fad: tuple[float, float, float] | None = None, checkpoint: str = "tiny-audio", batch: int = 1) -> Path:
     """A run folder with one benched cell: the given per-call total latencies and, optionally, a FAD with its CI."""
     from harness.spec import expand, parse_spec
     from harness.store import RunStore
@@ -39,7 +39,7 @@ def fake_run(root: Path, name: str, calls_ms: list[float], env: dict | None = No
     try:
         store.set_meta("environment", env or ENV)
         store.add_cells([cell], {"batch_size": 1})
-        store.write_measurements(cell.id, 1, [("call", "total", f"{i:04d}", ms / 1e3) for i, ms in enumerate(calls_ms)])
+        store.write_measurements(cell.id, batch, [("call", "total", f"{i:04d}", ms / 1e3) for i, ms in enumerate(calls_ms)])
         if fad is not None:
             store.write_metrics([{"cell_id": cell.id, "metric": "fad", "embedder": "mel", "embedder_id": "mel-1",
                                   "reference": "folder:/ref", "reference_id": "ref1", "value": fad[0],
@@ -216,6 +216,17 @@ def test_runs_of_one_commit_are_one_point_and_never_split_by_a_step(tmp_path):
     assert pooled["value"] == pytest.approx(math.sqrt(100 * 130), rel=0.05)  # geometric mean of the two runs
     assert pooled["se"] / pooled["value"] == pytest.approx(abs(math.log(1.3)) / 2, rel=0.2)  # their spread
     assert steps == []
+
+
+def test_latency_per_call_of_another_batch_is_another_series_not_a_step(tmp_path):
+    rng = np.random.default_rng(8)
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        for i in range(8):  # from commit 4 the bench times calls of 2 samples: twice as long, same speed
+            store.add(fake_run(tmp_path, f"r{i}", _calls(rng, 100.0 * (2 if i >= 4 else 1)), batch=2 if i >= 4 else 1),
+                      commit=f"{i}" * 40, commit_time=T0 + i * DAY)
+        frame, steps = analyse(store.frame())
+    assert steps == []
+    assert sorted(frame["unit"].unique()) == ["ms per call of 1", "ms per call of 2"]
 
 
 def test_commit_time_from_git_else_the_run_creation(tmp_path):

@@ -101,7 +101,7 @@ def _md(text: Any) -> str:
 def markdown_summary(steps: Sequence[SeriesStep], frame: pd.DataFrame, last: int) -> str:
     """Steps among the last ``last`` commits, as a Markdown table for a pull-request comment."""
     commits = frame["commit_sha"].nunique()
-    series = frame.groupby(["cell_key", "figure"]).ngroups
+    series = frame.groupby(["cell_key", "figure", "unit"]).ngroups
     lines = [f"## History: steps in the last {min(last, commits)} of {commits} commits", ""]
     if not steps:
         return "\n".join([*lines, f"No steps in {series} series.", ""])
@@ -127,8 +127,9 @@ def _html(frame: pd.DataFrame, steps: list[SeriesStep], runs: list[dict[str, Any
     sections = []
     for figure, part in sorted(frame.groupby("figure"), key=lambda item: figure_order(item[0])):
         plots = []
-        for (cell_key, label), series in part.groupby(["cell_key", "cell_label"], sort=True):
-            series_steps = [s for s in steps if s.cell_key == cell_key and s.figure == figure]
+        for (cell_key, unit), series in part.groupby(["cell_key", "unit"], sort=True):
+            series_steps = [s for s in steps if (s.cell_key, s.figure, s.unit) == (cell_key, figure, unit)]
+            label = series["cell_label"].iloc[-1] + (f" ({unit})" if unit else "")
             plots.append({"label": label, "cell_key": cell_key, "src": plot_series(series, series_steps, commits),
                           "steps": len(series_steps), "points": len(series)})
         sections.append({"figure": figure, "id": anchor(figure),

@@ -55,7 +55,8 @@ def analyse(frame: pd.DataFrame, penalty: float = DEFAULT_PENALTY, min_size: int
         return frame.assign(se=[], level=[], step=[], environment_change=[], position=[]), []
     positions = {c: i for i, c in enumerate(dict.fromkeys(frame["commit_sha"]))}
     parts, steps = [], []
-    for (cell_key, figure), part in frame.groupby(["cell_key", "figure"], sort=False):
+    # The unit is part of a series: per-sample run timings and per-call bench timings never mix.
+    for (cell_key, figure, _), part in frame.groupby(["cell_key", "figure", "unit"], sort=False):
         part = part.copy()
         part["position"] = part["commit_sha"].map(positions)
         part["se"] = [_se(row) for row in part.itertuples()]
