@@ -229,6 +229,21 @@ def test_latency_per_call_of_another_batch_is_another_series_not_a_step(tmp_path
     assert sorted(frame["unit"].unique()) == ["ms per call of 1", "ms per call of 2"]
 
 
+def test_a_quality_step_is_a_difference_judged_by_the_bootstrap_cis(tmp_path):
+    rng = np.random.default_rng(9)
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        for i in range(10):
+            fad = (2.0 if i < 6 else 2.5) + rng.normal(0, 0.03)
+            store.add(fake_run(tmp_path, f"r{i}", _calls(rng, 100.0), fad=(fad, fad - 0.1, fad + 0.1)),
+                      commit=f"{i}" * 40, commit_time=T0 + i * DAY)
+        frame, steps = analyse(store.frame())
+    (step,) = [s for s in steps if s.figure == "fad:mel"]
+    assert (step.position, step.kind, step.relative) == (6, "regression", False)
+    assert step.ci_low < 0.5 < step.ci_high and step.size == pytest.approx(0.5, abs=0.06)
+    fad = frame[frame["figure"] == "fad:mel"]
+    assert fad["se"].to_numpy() == pytest.approx(0.2 / (2 * norm.ppf(0.975)))  # from each point's own CI
+
+
 def test_commit_time_from_git_else_the_run_creation(tmp_path):
     import subprocess
 
