@@ -421,6 +421,7 @@ def _add_history_parsers(sub) -> None:
                      help="only figures starting with PREFIX (repeatable), e.g. latency_ms:total")
     rep.add_argument("--penalty", type=float, help="penalty per step, times log(n) (default 3; larger: fewer steps)")
     rep.add_argument("--min-size", type=int, help="least points per segment (default 2)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep.set_defaults(func=_cmd_history_report)
 
 
@@ -443,7 +444,7 @@ def _cmd_history_report(args: argparse.Namespace) -> int:
     result = build_history_report(args.history, args.out, args.format, last=args.last,
                                   penalty=DEFAULT_PENALTY if args.penalty is None else args.penalty,
                                   min_size=DEFAULT_MIN_SIZE if args.min_size is None else args.min_size,
-                                  figures=args.figure)
+                                  figures=args.figure, progress=not args.no_progress)
     print(f"{len(result.steps)} step(s), {len(result.recent_steps)} in the last {args.last} commits")
     for fmt, path in result.files.items():
         print(f"{fmt}: {path}")

@@ -53,7 +53,7 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
 
 def build_history_report(history: str | Path | None, out_dir: str | Path, formats: str | Sequence[str] = FORMATS,
                          last: int = 20, penalty: float = DEFAULT_PENALTY, min_size: int = DEFAULT_MIN_SIZE,
-                         figures: Sequence[str] | None = None) -> HistoryReport:
+                         figures: Sequence[str] | None = None, progress: bool = True) -> HistoryReport:
     """Analyse a history file and write its report folder."""
     formats = parse_formats(formats)
     if last < 1:
@@ -79,7 +79,7 @@ def build_history_report(history: str | Path | None, out_dir: str | Path, format
     if "md" in formats:
         (out / FILES["md"]).write_text(markdown_summary(result.recent_steps, frame, last), encoding="utf-8")
     if "html" in formats:
-        (out / FILES["html"]).write_text(_html(frame, steps, runs, path, last, penalty, min_size, formats),
+        (out / FILES["html"]).write_text(_html(frame, steps, runs, path, last, penalty, min_size, formats, progress),
                                          encoding="utf-8")
     result.files = {f: out / FILES[f] for f in formats}
     return result
@@ -119,21 +119,12 @@ def markdown_summary(steps: Sequence[SeriesStep], frame: pd.DataFrame, last: int
 # ---- HTML ------------------------------------------------------------------------------------
 
 def _html(frame: pd.DataFrame, steps: list[SeriesStep], runs: list[dict[str, Any]], path: Path, last: int,
-          penalty: float, min_size: int, formats: Sequence[str]) -> str:
+          penalty: float, min_size: int, formats: Sequence[str], progress: bool = True) -> str:
     from harness.report.build import fmt
 
     commits = list(dict.fromkeys(frame.sort_values("position")["commit_sha"]))
     newest = len(commits) - 1
-    sections = []
-    for figure, part in sorted(frame.groupby("figure"), key=lambda item: figure_order(item[0])):
-        plots = []
-        for (cell_key, unit), series in part.groupby(["cell_key", "unit"], sort=True):
-            series_steps = [s for s in steps if (s.cell_key, s.figure, s.unit) == (cell_key, figure, unit)]
-            label = series["cell_label"].iloc[-1] + (f" ({unit})" if unit else "")
-            plots.append({"label": label, "cell_key": cell_key, "src": plot_series(series, series_steps, commits),
-                          "steps": len(series_steps), "points": len(series)})
-        sections.append({"figure": figure, "id": anchor(figure),
-                         "plots": plots})
+    sections = _sections(frame, steps, commits, progress)
     context = {
         "title": f"AudioLDM 2 history: {path.name}",
         "source": str(path.resolve()), "n_commits": len(commits), "last": last,
@@ -146,6 +137,28 @@ def _html(frame: pd.DataFrame, steps: list[SeriesStep], runs: list[dict[str, Any
         "downloads": [FILES[f] for f in formats if f != "html"],
     }
     return _template().render(**context)
+
+
+def _sections(frame: pd.DataFrame, steps: list[SeriesStep], commits: list[str], progress: bool) -> list[dict]:
+    """One section per figure, one plot per (cell, unit) series in it."""
+    from tqdm.auto import tqdm
+
+    # A sweep of many cells makes hundreds of plots (about 0.1 s each): show progress past a few dozen.
+    n_series = frame.groupby(["cell_key", "figure", "unit"]).ngroups
+    bar = tqdm(total=n_series, desc="history plots", unit="plot", disable=not progress or n_series < 50,
+               dynamic_ncols=True)
+    sections = []
+    for figure, part in sorted(frame.groupby("figure"), key=lambda item: figure_order(item[0])):
+        plots = []
+        for (cell_key, unit), series in part.groupby(["cell_key", "unit"], sort=True):
+            series_steps = [s for s in steps if (s.cell_key, s.figure, s.unit) == (cell_key, figure, unit)]
+            label = series["cell_label"].iloc[-1] + (f" ({unit})" if unit else "")
+            plots.append({"label": label, "cell_key": cell_key, "src": plot_series(series, series_steps, commits),
+                          "steps": len(series_steps), "points": len(series)})
+            bar.update()
+        sections.append({"figure": figure, "id": anchor(figure), "plots": plots})
+    bar.close()
+    return sections
 
 
 def figure_order(figure: str) -> tuple[int, str]:
