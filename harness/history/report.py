@@ -111,8 +111,8 @@ def markdown_summary(steps: Sequence[SeriesStep], frame: pd.DataFrame, last: int
         lines.append(f"| {_md(s.figure)} | {_md(s.cell_label)} | `{_md(s.commit[:10])}` (after `{_md(s.previous_commit[:10])}`) "
                      f"| {s.before:.4g} → {s.after:.4g} {_md(s.unit)} | {step_size_text(s)} | "
                      f"{'**regression**' if s.kind == 'regression' else _md(kind)} |")
-    lines += ["", f"{len(steps)} step(s) in {series} series; method: penalised segmentation weighted by each "
-                  "point's own uncertainty (`audioldm2-harness history report`)."]
+    lines += ["", (f"{len(steps)} step(s) in {series} series; method: penalised segmentation weighted by each "
+                   "point's own uncertainty (`audioldm2-harness history report`).")]
     return "\n".join(lines) + "\n"
 
 
