@@ -8,7 +8,8 @@ leaves a stale lock) guards it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.spec import Cell, ConfigError, SweepSpec, check_runtime, expand, load_spec
@@ -31,6 +32,7 @@ class RunResult:
     skipped: int
     report: ExecutionReport
     shard_note: str | None = None  # with --shard: this shard's part of the sweep
+    damaged: list[str] = field(default_factory=list)  # stored samples regenerated: file missing or changed
 
 
 def default_run_dir(spec: SweepSpec) -> Path:
@@ -79,6 +81,7 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
     store.set_meta("environment", fingerprint())
     store.set_meta(f"config:{spec.name}", config_path.read_text())
     store.add_cells(cells, {})  # batch size lives on sample rows: it may differ between resumes
+    damaged = _drop_damaged(store, cells)
     done = store.done_keys(include_failed=not retry_failed)
     batches, todo, skipped = plan(spec, cells, prompts, done, batch_size, shard)
     bar = _progress_bar(todo, skipped, progress)
@@ -94,7 +97,19 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
         report = executor.run(batches)
     finally:
         bar.close()
-    return RunResult(store.root, cells, todo, skipped, report, shard_note)
+    return RunResult(store.root, cells, todo, skipped, report, shard_note, damaged)
+
+
+def _drop_damaged(store, cells: list[Cell]) -> list[str]:
+    """Forget stored samples whose audio file is missing or changed (saying so), so they are made again."""
+    from harness.store import sample_key
+
+    damaged = [f"{sample_key(row)}: {problem}" for row, problem in store.drop_damaged_samples(c.id for c in cells)]
+    if damaged:
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        print(f"audioldm2-harness run: {len(damaged)} stored sample(s) have a missing or changed audio file and "
+              f"will be generated again: {'; '.join(damaged[:3])}{more}", file=sys.stderr)
+    return damaged
 
 
 def _progress_bar(total: int, skipped: int, enabled: bool):
