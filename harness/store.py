@@ -7,6 +7,7 @@ skipping the (cell, prompt, seed) keys that already have a row.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -297,12 +298,7 @@ class RunStore:
         wanted = set(cell_ids)
         rows = [dict(r) for r in self.db.execute("SELECT * FROM samples WHERE status='ok'")
                 if r["cell_id"] in wanted]
-        bad = []
-        for row in rows:
-            try:
-                bad += audio_problems(self.root, [row])
-            except StoreError:
-                bad.append((row, f"audio path {row['audio_path']!r} lies outside the run folder"))
+        bad = audio_problems(self.root, rows, refuse_outside=False)
         with self.db:
             for row, _ in bad:
                 self.db.execute("DELETE FROM samples WHERE cell_id=? AND prompt_id=? AND seed=?",
@@ -434,34 +430,112 @@ class RunStore:
 
 # --- reading stored audio safely: inside the run folder, and unchanged since it was stored -------
 
-_VERIFIED: set[tuple] = set()  # (real path, size, mtime_ns, inode, sha256) of files that matched
+VERDICTS_FILE = "verified-audio.sqlite"  # in the harness cache folder
+_RECENT_NS = 2_000_000_000  # files changed this recently are hashed every time (coarse mtime clocks)
+
+
+class _Verdicts:
+    """Files whose sha256 matched, by (real path, size, mtime_ns, inode, sha256): in memory, and
+    in ``<harness cache>/verified-audio.sqlite`` so that later commands (``run`` resuming,
+    ``score``, ``report``) skip hashing files that did not change. Only a cache: when it cannot
+    be opened or written, files are simply hashed again."""
+
+    def __init__(self) -> None:
+        self.memory: set[tuple] = set()
+        self.pending: list[tuple] = []
+        self.db: sqlite3.Connection | None = None
+        self.opened = False
+
+    def _open(self) -> sqlite3.Connection | None:
+        if not self.opened:
+            self.opened = True
+            from harness.checkpoints._cache import default_cache_dir
+
+            try:
+                root = default_cache_dir()
+                root.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(root / VERDICTS_FILE, timeout=5, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=OFF")  # a lost verdict only costs a hash
+                db.execute("CREATE TABLE IF NOT EXISTS verified (path TEXT, size INTEGER, mtime_ns INTEGER, "
+                           "inode INTEGER, sha256 TEXT, PRIMARY KEY (path, size, mtime_ns, inode, sha256)) "
+                           "WITHOUT ROWID")
+                self.db = db
+            except (OSError, sqlite3.Error):
+                self.db = None
+        return self.db
+
+    def known(self, key: tuple) -> bool:
+        """Whether this (path, size, mtime, inode, sha256) matched before, here or in an earlier process."""
+        if key in self.memory:
+            return True
+        db = self._open()
+        try:
+            hit = db is not None and db.execute(
+                "SELECT 1 FROM verified WHERE path=? AND size=? AND mtime_ns=? AND inode=? AND sha256=?",
+                key).fetchone() is not None
+        except sqlite3.Error:
+            hit = False
+        if hit:
+            self.memory.add(key)
+        return hit
+
+    def add(self, key: tuple) -> None:
+        """Remember a match (written to disk in batches)."""
+        self.memory.add(key)
+        self.pending.append(key)
+        if len(self.pending) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending verdicts to the cache file."""
+        pending, self.pending = self.pending, []
+        db = self._open() if pending else None
+        if db is not None:
+            try:
+                with db:
+                    db.executemany("INSERT OR IGNORE INTO verified VALUES (?,?,?,?,?)", pending)
+            except sqlite3.Error:
+                pass
+
+
+_VERDICTS = _Verdicts()
+atexit.register(_VERDICTS.flush)
 
 
 def inside_run(root: str | Path, rel: str | None) -> Path:
     """The file a stored audio path names, or a StoreError unless it lies inside ``root/audio``
     (absolute paths, ``..``, NUL bytes and symlinks leading out are refused: a run folder from
     someone else must not make a command read, copy or publish other files)."""
-    root, text = Path(root), "" if rel is None else str(rel)
+    return _inside(Path(root), rel, (Path(root) / "audio").resolve())[0]
+
+
+def _inside(root: Path, rel: str | None, audio_real: Path) -> tuple[Path, Path]:
+    """(path, its real path) of a stored audio path; ``audio_real`` is ``root/audio`` resolved."""
+    text = "" if rel is None else str(rel)
     parts = PurePosixPath(text.replace("\\", "/")).parts
     ok = bool(text) and "\x00" not in text and not PurePosixPath(text).is_absolute() \
         and not PureWindowsPath(text).anchor and ".." not in parts and parts[:1] == ("audio",)
-    path = root.joinpath(*parts) if ok else root
+    path = real = root.joinpath(*parts) if ok else root
     if ok:
         try:  # symlinks followed: a link inside audio/ may not lead out of it
-            ok = path.resolve().is_relative_to((root / "audio").resolve())
-        except (OSError, RuntimeError):  # a symlink loop
+            real = Path(os.path.realpath(path, strict=True))
+        except FileNotFoundError:  # reported as missing by the caller
+            real = Path(os.path.realpath(path))
+        except OSError:  # a symlink loop
             ok = False
+        ok = ok and real.is_relative_to(audio_real)
     if not ok:
         raise StoreError(f"{root / DATABASE} names the audio file {text!r}, which is outside the run folder's "
                          "audio/ folder; refusing to read it (regenerate the run with `audioldm2-harness run` "
                          "if the folder came from elsewhere)")
-    return path
+    return path, real
 
 
-def file_problem(path: Path, sha256: str | None) -> str | None:
+def file_problem(path: Path, sha256: str | None, real: Path | None = None) -> str | None:
     """Why ``path`` cannot be trusted as the audio stored with ``sha256`` (missing, not a regular
-    file, changed), or None. A match is remembered by size, mtime and inode, so reading a file
-    again costs a ``stat``, not a hash."""
+    file, changed), or None. A match is remembered by size, mtime and inode (``_Verdicts``), so
+    reading an unchanged file again, in this process or a later one, costs a ``stat``, not a hash."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -470,8 +544,8 @@ def file_problem(path: Path, sha256: str | None) -> str | None:
         return f"{path} cannot be read ({err.strerror or err})"
     if not stat.S_ISREG(st.st_mode):
         return f"{path} is not a regular file"
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, sha256)
-    if key in _VERIFIED:
+    key = (str(real or os.path.realpath(path)), st.st_size, st.st_mtime_ns, st.st_ino, sha256)
+    if _VERDICTS.known(key):
         return None
     try:
         actual = sha256_file(path)
@@ -479,7 +553,8 @@ def file_problem(path: Path, sha256: str | None) -> str | None:
         return f"{path} cannot be read ({err.strerror or err})"
     if actual != sha256:
         return f"{path} changed since it was stored (sha256 {actual[:12]}, recorded {str(sha256)[:12]})"
-    _VERIFIED.add(key)
+    if time.time_ns() - st.st_mtime_ns > _RECENT_NS:  # else a same-size change may keep the mtime
+        _VERDICTS.add(key)
     return None
 
 
@@ -488,19 +563,30 @@ def sample_key(row: dict[str, Any]) -> str:
     return f"{row['cell_id'][:12]}/{row['prompt_id']!r}/seed {row['seed']}"
 
 
-def audio_problems(root: str | Path, rows: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+def audio_problems(root: str | Path, rows: Iterable[dict[str, Any]], *,
+                   refuse_outside: bool = True) -> list[tuple[dict[str, Any], str]]:
     """(row, problem) for every ``ok`` sample row whose audio file is missing or changed; a path
-    outside the run folder raises (see ``inside_run``)."""
-    out = []
+    outside the run folder raises (see ``inside_run``), or with ``refuse_outside=False`` is one
+    more problem."""
+    out, root = [], Path(root)
+    audio_real = (root / "audio").resolve()
     for row in rows:
         if row["status"] != "ok":
             continue
         if not row["audio_path"] or not row["audio_sha256"]:
             out.append((row, "no audio file recorded for an ok sample"))
             continue
-        problem = file_problem(inside_run(root, row["audio_path"]), row["audio_sha256"])
+        try:
+            path, real = _inside(root, row["audio_path"], audio_real)
+        except StoreError:
+            if refuse_outside:
+                raise
+            out.append((row, f"audio path {row['audio_path']!r} lies outside the run folder's audio/ folder"))
+            continue
+        problem = file_problem(path, row["audio_sha256"], real)
         if problem:
             out.append((row, problem))
+    _VERDICTS.flush()
     return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.store import DATABASE, StoreError, audio_problems, read_store, sample_key
+from harness.store import DATABASE, audio_problems, read_store, sample_key
 
 __all__ = ["VerifyResult", "verify_run"]
 
@@ -49,15 +49,10 @@ def verify_run(run_dir: str | Path, progress: bool = False) -> VerifyResult:
     ok = [r for r in rows if r["status"] == "ok"]
     from tqdm.auto import tqdm
 
-    for row in tqdm(ok, desc="verifying", unit="file", disable=not progress, dynamic_ncols=True):
-        try:
-            bad = audio_problems(result.root, [row])
-        except StoreError:
-            result.problems.append(f"{sample_key(row)}: audio path {row['audio_path']!r} lies outside the run "
-                                   "folder's audio/ folder")
-            continue
-        result.problems += [f"{sample_key(r)}: {problem}" for r, problem in bad]
-        result.checked += 1
+    bar = tqdm(ok, desc="verifying", unit="file", disable=not progress, dynamic_ncols=True)
+    bad = audio_problems(result.root, bar, refuse_outside=False)
+    result.problems += [f"{sample_key(r)}: {problem}" for r, problem in bad]
+    result.checked = len(ok)
     referenced = {Path(r["audio_path"]).as_posix() for r in rows if r["audio_path"]}
     audio = result.root / "audio"
     result.unreferenced = sorted(p for p in audio.rglob("*") if p.is_file()

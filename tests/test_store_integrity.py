@@ -184,15 +184,32 @@ def test_a_verified_file_is_not_hashed_again_until_it_changes(tmp_path, cells, m
     run = _run_folder(tmp_path / "run", cells, n=1)
     row = _rows(run)[0]
     path = run / row["audio_path"]
+    os.utime(path, ns=(10**18, 10**18))  # written a while ago
     calls = []
     real = store_module.sha256_file
     monkeypatch.setattr(store_module, "sha256_file", lambda p: calls.append(p) or real(p))
     assert file_problem(path, row["audio_sha256"]) is None
     assert file_problem(path, row["audio_sha256"]) is None
     assert len(calls) == 1
+    store_module._VERDICTS.flush()
+    monkeypatch.setattr(store_module._VERDICTS, "memory", set())  # a later process: only the cache file
+    assert file_problem(path, row["audio_sha256"]) is None
+    assert len(calls) == 1
     path.write_bytes(path.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # same size, new content and mtime
-    os.utime(path, ns=(1, 1))
+    os.utime(path, ns=(10**18 + 1, 10**18 + 1))
     assert "changed" in file_problem(path, row["audio_sha256"])
+    assert len(calls) == 2
+
+
+def test_a_file_changed_moments_ago_is_hashed_every_time(tmp_path, cells, monkeypatch):
+    # Coarse mtime clocks: a same-size rewrite within the same tick would keep the mtime.
+    run = _run_folder(tmp_path / "run", cells, n=1)
+    row = _rows(run)[0]
+    calls = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    for _ in range(2):
+        assert file_problem(run / row["audio_path"], row["audio_sha256"]) is None
     assert len(calls) == 2
 
 
