@@ -255,3 +255,17 @@ def test_run_regenerates_missing_or_changed_samples_after_saying_so(make_sweep, 
     after = {(r["cell_id"], r["prompt_id"], r["seed"]): r["audio_sha256"] for r in _rows(tmp_path / "run")}
     assert after == before  # regenerated bit for bit
     assert main(["verify", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+def test_report_serves_the_bytes_it_checked(tmp_path, cells, monkeypatch):
+    # A file changed between the check and the copy: the copy is checked again, never served changed.
+    from harness.report.build import build_report
+
+    run = _run_folder(tmp_path / "run", cells, n=1)
+    row = _rows(run)[0]
+    path = run / row["audio_path"]
+    path.write_bytes(path.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+    monkeypatch.setattr("harness.report.build.file_problem", lambda *a: None)  # the check ran before the change
+    result = build_report([run], tmp_path / "report", formats="html", listen=1)
+    assert any(f"{path} changed while it was read" in w for w in result.warnings)
+    assert not (tmp_path / "report" / "audio" / f"{row['audio_sha256']}.wav").exists()

@@ -6,10 +6,10 @@ plays copied under ``audio/`` (named by content hash), so it works from file:// 
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from harness.results import RunData, cell_frame, load_run, quality_columns, sample_frame
+from harness.fileio import atomic_write_bytes
 from harness.store import file_problem
 from harness.text import visible
 from harness.report.plots import HIGHER_IS_BETTER, MEMORY_KINDS, PLOTS, metric_title
@@ -367,8 +368,10 @@ def _listen_entry(sample: Any, out: Path) -> tuple[dict[str, str | None], Path |
         return {"src": None, "error": f"audio not served: {problem}", "missing": None}, None
     dest = out / "audio" / f"{sample.audio_sha256}.wav"
     if not dest.exists():  # content-addressed: identical audio is stored once
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        data = src.read_bytes()  # the bytes checked are the bytes served, even if the file changes now
+        if hashlib.sha256(data).hexdigest() != sample.audio_sha256:
+            return {"src": None, "error": f"audio not served: {src} changed while it was read", "missing": None}, None
+        atomic_write_bytes(dest, data)
     return {"src": dest.relative_to(out).as_posix(), "error": None, "missing": None}, dest
 
 
