@@ -269,3 +269,27 @@ def test_report_serves_the_bytes_it_checked(tmp_path, cells, monkeypatch):
     result = build_report([run], tmp_path / "report", formats="html", listen=1)
     assert any(f"{path} changed while it was read" in w for w in result.warnings)
     assert not (tmp_path / "report" / "audio" / f"{row['audio_sha256']}.wav").exists()
+
+
+def test_any_stored_path_is_refused_or_resolves_inside_the_audio_folder(tmp_path, secret_file):
+    # Seeded mutations of stored paths: every accepted one must lie inside run/audio after
+    # following symlinks; everything else is one StoreError.
+    run = tmp_path / "run"
+    (run / "audio" / "c").mkdir(parents=True)
+    (run / "audio" / "c" / "up").symlink_to(tmp_path)
+    (run / "audio" / "c" / "x.wav").write_bytes(b"x")
+    parts = ["audio", "c", "x.wav", "up", "..", ".", "", "/", "\\", "\x00", "C:", "~", "secret.txt", "run.sqlite"]
+    rng = np.random.default_rng(0)
+    audio = (run / "audio").resolve()
+    accepted = refused = 0
+    for _ in range(500):
+        rel = "/".join(rng.choice(parts, size=rng.integers(1, 6)))
+        try:
+            path = inside_run(run, rel)
+        except StoreError as err:
+            refused += 1
+            assert "outside the run folder" in str(err) and "\n" not in str(err)
+            continue
+        accepted += 1
+        assert path.resolve().is_relative_to(audio), rel
+    assert accepted > 20 and refused > 20
