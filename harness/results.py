@@ -46,6 +46,7 @@ class RunData:
     samples: list[dict[str, Any]]
     measurements: list[dict[str, Any]]
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    duty: dict[str, Any] | None = None  # the last run invocation's duty cycle (generate/run.py)
 
     # Rows grouped by cell once: a sweep can hold hundreds of cells and ~1M samples, and every
     # per-cell figure would otherwise scan all of them again.
@@ -80,7 +81,7 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         samples = [dict(r) for r in store.db.execute(
             "SELECT * FROM samples ORDER BY cell_id, prompt_id, seed")]
         return RunData(path, label or path.resolve().name, store.get_meta("environment", {}) or {},
-                       cells, samples, store.measurements(), store.metrics())
+                       cells, samples, store.measurements(), store.metrics(), store.get_meta("duty_cycle"))
 
 
 def config_key(cell: dict[str, Any]) -> str:

@@ -192,7 +192,9 @@ class RunStore:
         if not path.exists():  # a new folder; an existing file is never re-initialised
             _create_database(path)
         try:
-            self.db = sqlite3.connect(path, timeout=30)
+            # The sample writer thread commits rows while the generating thread runs; they never use
+            # the connection at the same time (the writer is drained before anything else touches it).
+            self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
         except sqlite3.Error as err:
             raise database_error(path, err) from None
         self.db.row_factory = sqlite3.Row

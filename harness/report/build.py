@@ -174,6 +174,7 @@ def markdown_report(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[R
     quality = quality_columns(cells)
     header = [*(["run"] if multi else []), "cell", "ok / failed / flagged", "latency p50 (ms)", "RTF",
               *(metric_title(q).split(",")[0] for q in quality)]
+    duty = [f"{_md(r.label)} {r.duty['duty_cycle']:.3f}" for r in runs if r.duty]
     lines = [f"## AudioLDM 2 report: {_md(', '.join(r.label for r in runs))}", "",
              "| " + " | ".join(_md(h) for h in header) + " |",
              "|" + "---|" * (len(header) - len(quality) - 2) + "---:|" * (2 + len(quality))]
@@ -184,7 +185,9 @@ def markdown_report(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[R
                   fmt(_get(row, "latency_ms:total:p50")), fmt(_get(row, "rtf"), 3),
                   *(_md(quality_text(row, q)) for q in quality)]
         lines.append("| " + " | ".join(values) + " |")
-    lines += ["", *_md_failures(cells, samples, multi), "", *(_md(c) + "  " for c in conventions(runs, cells))]
+    lines += ["", *_md_failures(cells, samples, multi), "",
+              *([f"Duty cycle of the last generation (pipeline-call s / wall s): {', '.join(duty)}", ""] if duty else []),
+              *(_md(c) + "  " for c in conventions(runs, cells))]
     return "\n".join(lines) + "\n"
 
 
@@ -274,7 +277,8 @@ def _run_info(run: RunData) -> dict[str, Any]:
     return {"label": run.label, "path": str(run.path.resolve()), "cells": len(run.cells),
             "samples": len(run.samples), "failed": failed, "git": str(env.get("git_commit") or "–")[:12],
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
-            "device": "CUDA" if env.get("cuda_available") else str(env.get("cpu") or "–")}
+            "device": "CUDA" if env.get("cuda_available") else str(env.get("cpu") or "–"),
+            "duty": "–" if not run.duty else f"{run.duty['duty_cycle']:.3f}"}
 
 
 def _num_cell(value: Any, text: str | None = None, sub: str = "") -> dict[str, Any]:
