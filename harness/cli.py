@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--copy", action="store_true", help="copy audio files instead of hard-linking them")
     merge.set_defaults(func=_cmd_merge)
 
+    verify = sub.add_parser("verify", help="check a run folder: database, and every stored audio file against its sha256")
+    verify.add_argument("run_dir", metavar="RUN", help="run folder (only read)")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    verify.set_defaults(func=_cmd_verify)
+
     bench = sub.add_parser("bench", help="measure per-stage latency and memory of every cell")
     bench.add_argument("config", help="sweep TOML file (its [latency] table sets the protocol)")
     bench.add_argument("--run-dir", help="run folder (default: runs/<sweep name>)")
@@ -171,6 +176,23 @@ def _cmd_merge(args: argparse.Namespace) -> int:
           f"audio files: {result.files_linked} hard-linked, {result.files_copied} copied")
     print(f"run folder: {Path(result.out).resolve()}")
     return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from harness.verify import verify_run
+
+    result = verify_run(args.run_dir, progress=not args.no_progress)
+    for problem in result.problems[:20]:
+        print(f"problem: {problem}")
+    if len(result.problems) > 20:
+        print(f"... and {len(result.problems) - 20} more problems")
+    if result.unreferenced:
+        print(f"note: {len(result.unreferenced)} audio file(s) no sample row names (left by an interrupted write "
+              f"or merge; harmless), e.g. {result.unreferenced[0]}")
+    verdict = "all intact" if result.ok else f"{len(result.problems)} problem(s); rerun the sweep into this " \
+        "folder to regenerate missing or changed samples"
+    print(f"{result.root}: {result.samples} samples, {result.checked} audio files checked: {verdict}")
+    return EXIT_OK if result.ok else EXIT_FAILURES
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -301,6 +323,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         console.print(f"{fmt}: {path}", highlight=False, soft_wrap=True, markup=False)
     console.print(f"plots: {len(result.plots)} in {Path(out) / 'plots'}; audio: {len(result.audio)} files in "
                   f"{Path(out) / 'audio'}", highlight=False, soft_wrap=True, markup=False)
+    for warning in result.warnings:
+        print(f"audioldm2-harness report: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -20,8 +20,8 @@ TORCH_FREE = [
     "harness.score.metrics", "harness.score.embed.registry", "harness.score.scoring", "harness.score.compare",
     "harness.results", "harness.report.plots", "harness.report.build",
     "harness.gate", "harness.gate.policy", "harness.gate.summary", "harness.gate.compare",
-    "harness.gate.output", "harness.history.store", "harness.history.changepoints", "harness.history.report",
-    "harness.cli",
+    "harness.gate.output", "harness.text", "harness.verify",
+    "harness.history.store", "harness.history.changepoints", "harness.history.report", "harness.cli",
 ]
 
 _PROBE = """

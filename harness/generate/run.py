@@ -8,8 +8,9 @@ leaves a stale lock) guards it.
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.spec import Cell, ConfigError, SweepSpec, check_runtime, expand, load_spec
@@ -34,6 +35,7 @@ class RunResult:
     report: ExecutionReport
     shard_note: str | None = None  # with --shard: this shard's part of the sweep
     duty: dict | None = None  # pipeline-call seconds over wall seconds of this invocation (see duty_cycle)
+    damaged: list[str] = field(default_factory=list)  # stored samples regenerated: file missing or changed
 
 
 def default_run_dir(spec: SweepSpec) -> Path:
@@ -83,6 +85,7 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
     store.set_meta("environment", fingerprint())
     store.set_meta(f"config:{spec.name}", config_path.read_text())
     store.add_cells(cells, {})  # batch size lives on sample rows: it may differ between resumes
+    damaged = _drop_damaged(store, cells)
     done = store.done_keys(include_failed=not retry_failed)
     batches, todo, skipped = plan(spec, cells, prompts, done, batch_size, shard)
     bar = _progress_bar(todo, skipped, progress)
@@ -104,7 +107,19 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
     if todo and isinstance(executor, LocalExecutor):  # Ray actors overlap: calls over wall means nothing there
         duty = duty_cycle(report.call_seconds, time.perf_counter() - start, report.setup_seconds, gpu.mean())
         store.set_meta("duty_cycle", duty)
-    return RunResult(store.root, cells, todo, skipped, report, shard_note, duty)
+    return RunResult(store.root, cells, todo, skipped, report, shard_note, duty, damaged)
+
+
+def _drop_damaged(store, cells: list[Cell]) -> list[str]:
+    """Forget stored samples whose audio file is missing or changed (saying so), so they are made again."""
+    from harness.store import sample_key
+
+    damaged = [f"{sample_key(row)}: {problem}" for row, problem in store.drop_damaged_samples(c.id for c in cells)]
+    if damaged:
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        print(f"audioldm2-harness run: {len(damaged)} stored sample(s) have a missing or changed audio file and "
+              f"will be generated again: {'; '.join(damaged[:3])}{more}", file=sys.stderr)
+    return damaged
 
 
 def duty_cycle(call_seconds: float, wall_seconds: float, setup_seconds: float,
