@@ -1,4 +1,8 @@
-"""Versions and machine facts: what goes into cell ids and what every run records."""
+"""Versions and machine facts: what goes into cell ids, what every run records, and the one rule
+for when two recorded environments count as the same (used by merge, baseline and gate).
+
+torch is imported only inside the functions that ask the device, so reading recorded
+environments (report, gate, merge) does not load it."""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
-
-import torch
+from typing import Any, Sequence
 
 # Packages whose version can change generated audio: part of every cell id.
 OUTPUT_PACKAGES = ("audioldm2-harness", "diffusers", "transformers", "torch")
@@ -33,6 +36,8 @@ def output_versions() -> dict[str, str]:
 
 def resolve_device(device: str) -> str:
     """Turn 'auto' into 'cuda' when a GPU is visible, else 'cpu'; check explicit CUDA requests."""
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -53,6 +58,8 @@ def _git_commit() -> str | None:
 
 def fingerprint() -> dict[str, object]:
     """Environment fingerprint stored with every run: versions, CPU, GPU, git commit."""
+    import torch
+
     info: dict[str, object] = {
         "versions": {**output_versions(), "numpy": _version("numpy"), "python": platform.python_version()},
         "platform": platform.platform(),
@@ -89,3 +96,29 @@ def _driver_version() -> str | None:
         return version.decode() if isinstance(version, bytes) else version
     except Exception:  # noqa: BLE001 - NVML is optional; no figure rather than a wrong one
         return None
+
+
+# The packages whose versions a gate compares: those that change speed or outputs of the model.
+GATE_PACKAGES = ("torch", "diffusers", "transformers")
+
+
+def environment_key(env: dict[str, Any] | None, *, packages: Sequence[str] | None = GATE_PACKAGES,
+                    commit: bool = False, cpu_model: bool = True) -> dict[str, Any]:
+    """What must agree for figures from two recorded environments to be comparable.
+
+    ``device``: the GPU model, else ``cpu:<model>`` (``cpu`` alone with ``cpu_model=False``);
+    the versions of ``packages`` (None: every recorded package); the git commit if ``commit``.
+    """
+    env = env or {}
+    versions = env.get("versions") or {}
+    cpu = f"cpu:{env.get('cpu', '?')}" if cpu_model else "cpu"
+    key: dict[str, Any] = {"device": env.get("gpu") or ("cuda" if env.get("cuda_available") else cpu)}
+    key.update({p: versions.get(p) for p in (sorted(versions) if packages is None else packages)})
+    if commit:
+        key["git commit"] = env.get("git_commit")
+    return key
+
+
+def environment_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """'name: a != b' for every entry of two environment keys that differs."""
+    return [f"{k}: {a.get(k)} != {b.get(k)}" for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)]

@@ -1,21 +1,20 @@
-"""The error types that mean "bad input": the CLI prints them as one line and exits 2."""
+"""``HarnessError``: the base of every user-facing error. The CLI prints one line and exits 2.
+
+This module imports nothing from the stages, so catching user errors costs no imports: each
+stage's error (``ConfigError``, ``StoreError``, ``ScoreError``, ...) subclasses ``HarnessError``.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 
-from harness.checkpoints.registry import CheckpointError
-from harness.spec import ConfigError
-from harness.data.prompts import PromptSetError
-from harness.data.references import ReferenceSetError
-from harness.score.embed.registry import EmbedderError
-from harness.schedulers import SchedulerError
-from harness.score.scoring import ScoreError
-from harness.store import StoreError
+
+class HarnessError(Exception):
+    """Bad input or a state the user must fix; the message says what is wrong and what to do."""
+
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, PromptSetError, CheckpointError, SchedulerError, StoreError, ValueError,
-    EmbedderError, ReferenceSetError, ScoreError,
+    HarnessError, ValueError,
     # Unreadable or unwritable paths and a corrupt run.sqlite are the user's to fix, too.
     OSError, sqlite3.DatabaseError,
 )

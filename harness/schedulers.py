@@ -14,8 +14,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-import diffusers
 from pydantic import TypeAdapter, ValidationError
+
+from harness.errors import HarnessError
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,15 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
 }
 
 
-class SchedulerError(ValueError):
+class SchedulerError(HarnessError, ValueError):
     """A scheduler name or option the harness cannot use; the message lists valid choices."""
 
 
 def scheduler_class(name: str) -> type:
     """Return the diffusers class registered under ``name``."""
-    entry = get_entry(name)
-    return getattr(diffusers, entry.class_name)
+    import diffusers  # here, not at import: listing and checking names must not load torch
+
+    return getattr(diffusers, get_entry(name).class_name)
 
 
 def get_entry(name: str) -> SchedulerEntry:
@@ -89,11 +91,16 @@ def is_available(name: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _option_types(class_name: str) -> dict[str, Any]:
+    import diffusers
+
     return typing.get_type_hints(getattr(diffusers, class_name).__init__)
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate config overrides against the scheduler's __init__ type hints."""
+    if not options:
+        get_entry(name)
+        return {}
     types = _option_types(get_entry(name).class_name)
     for key, value in options.items():
         if key not in types or key == "return":

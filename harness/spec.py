@@ -9,6 +9,7 @@ new cells instead of mixing results. Seeds and prompts are not part of the cell:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.errors import HarnessError
 from harness.checkpoints.registry import CheckpointError, describe
 from harness.environment import output_versions
 from harness.schedulers import SchedulerError, check_options, get_entry
@@ -26,7 +28,7 @@ from harness.schedulers import SchedulerError, check_options, get_entry
 Dtype = Literal["fp32", "fp16", "bf16"]
 
 
-class ConfigError(ValueError):
+class ConfigError(HarnessError, ValueError):
     """A sweep file that cannot be used; the message is one line naming the key."""
 
 
@@ -234,9 +236,11 @@ class Cell(_Strict):
     runtime: RuntimeOptions
     versions: dict[str, str]
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """Stable id: sha256 of the canonical JSON (versions included), first 16 hex digits."""
+        """Stable id: sha256 of the canonical JSON (versions included), first 16 hex digits.
+
+        Cached: planning asks it once per sample (a million times in a large sweep)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def canonical_json(self) -> str:

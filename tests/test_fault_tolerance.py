@@ -23,7 +23,8 @@ import pytest
 
 from harness.plan.shard import Shard
 from harness.generate.run import run_sweep
-from harness.store import RunStore, sha256_file
+from harness.fileio import sha256_file
+from harness.store import RunStore
 
 KILL_ROUNDS = int(os.environ.get("HARNESS_KILL_ROUNDS", "3"))
 KILL_SEED = int(os.environ.get("HARNESS_KILL_SEED", "0"))
@@ -69,14 +70,15 @@ def _audit(run_dir: Path) -> dict:
 # in, and pauses after the first two, so random kills often land inside those windows.
 _TRACED_RUN = """
 import os, sys, time
+import harness.fileio as fileio
 import harness.store as store
 trace = open(os.environ["HARNESS_KILL_TRACE"], "a", buffering=1)
 pause = float(os.environ["HARNESS_KILL_PAUSE"])
-real_hash, real_audio, real_sample = store.sha256_file, store.RunStore._write_audio, store.RunStore.write_sample
-def traced_hash(path):
-    if str(path).endswith(".tmp"):
+real_replace, real_audio, real_sample = fileio.replace, store.RunStore._write_audio, store.RunStore.write_sample
+def traced_replace(tmp, target):
+    if str(target).endswith(".wav"):
         trace.write("tmp\\n"); time.sleep(pause)
-    return real_hash(path)
+    return real_replace(tmp, target)
 def traced_audio(path, audio, rate):
     digest = real_audio(path, audio, rate)
     trace.write("renamed\\n"); time.sleep(pause)
@@ -84,7 +86,7 @@ def traced_audio(path, audio, rate):
 def traced_sample(self, record, audio, rate):
     real_sample(self, record, audio, rate)
     trace.write("committed\\n")
-store.sha256_file, store.RunStore._write_audio = traced_hash, staticmethod(traced_audio)
+fileio.replace, store.RunStore._write_audio = traced_replace, staticmethod(traced_audio)
 store.RunStore.write_sample = traced_sample
 from harness.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -203,13 +205,13 @@ def test_disk_full_mid_run_leaves_no_row_pointing_at_a_partial_file(make_sweep, 
     monkeypatch.setattr(store_module.wavfile, "write", fills_the_disk)
     with pytest.raises(OSError, match="No space left on device"):
         run_sweep(config, tmp_path / "run", progress=False)
-    partial = [p for p in (tmp_path / "run" / "audio").rglob("*.tmp")]  # before a store sweeps it away
+    partial = [p for p in (tmp_path / "run" / "audio").rglob("*") if p.is_file()]
     db = sqlite3.connect(tmp_path / "run" / "run.sqlite")
     rows = db.execute("SELECT audio_path, audio_sha256 FROM samples").fetchall()
     db.close()
     assert len(rows) == 3  # the rows before the failed write, each with its complete file
     assert all(sha256_file(tmp_path / "run" / path) == digest for path, digest in rows)
-    assert len(partial) == 1 and str(partial[0].relative_to(tmp_path / "run")) not in {p for p, _ in rows}
+    assert sorted(str(p.relative_to(tmp_path / "run")) for p in partial) == sorted(p for p, _ in rows)
     monkeypatch.setattr(store_module.wavfile, "write", real)
     resumed = run_sweep(config, tmp_path / "run", progress=False)  # the lock was released
     assert (resumed.skipped, resumed.report.done) == (3, 3)
@@ -222,7 +224,7 @@ def test_failing_cell_never_blocks_the_others_and_retry_failed_redoes_it(make_sw
     import harness.generate.local as local
     from harness.cli import main
 
-    real = local.generate
+    real = local.generate_to_host
 
     def two_step_cell_fails(pipe, cond, seeds, steps, *args, **kwargs):
         if steps == 2:
@@ -231,7 +233,7 @@ def test_failing_cell_never_blocks_the_others_and_retry_failed_redoes_it(make_sw
 
     config = make_sweep(steps=[2, 3])  # the failing cell comes first
     args = ["run", config, "--run-dir", str(tmp_path / "run"), "--no-progress"]
-    monkeypatch.setattr(local, "generate", two_step_cell_fails)
+    monkeypatch.setattr(local, "generate_to_host", two_step_cell_fails)
     assert main(args) == 1  # samples failed: exit 1, and the other cell is complete
     rows = RunStore(tmp_path / "run").samples()
     by_steps = {s: [r for r in rows if r["steps"] == s] for s in (2, 3)}
@@ -239,7 +241,7 @@ def test_failing_cell_never_blocks_the_others_and_retry_failed_redoes_it(make_sw
     assert all(r["status"] == "failed" and "simulated failure in the 2-step cell" in r["error"] for r in by_steps[2])
     assert all(r["status"] == "ok" for r in by_steps[3])
     assert main(args) == 0 and "0 samples planned, 8 already stored" in capsys.readouterr().out
-    monkeypatch.setattr(local, "generate", real)
+    monkeypatch.setattr(local, "generate_to_host", real)
     assert main(args + ["--retry-failed"]) == 0
     assert "4 samples planned, 4 already stored, 4 generated, 0 failed" in capsys.readouterr().out
     assert {r["status"] for r in RunStore(tmp_path / "run").samples()} == {"ok"}

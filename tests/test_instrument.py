@@ -66,12 +66,19 @@ def test_cpu_nested_stage_does_not_hide_outer_peak():
     assert peaks["outer"]["rss_peak_bytes"] - peaks["outer/inner"]["rss_peak_bytes"] > 200 * MIB
 
 
-def test_null_tracker_records_nothing():
+def test_null_tracker_keeps_no_state_and_removes_its_hooks():
     tracker = NullTracker()
+    ran = []
     with tracker.stage("x"):
-        pass
-    handles = tracker.hook_module(torch.nn.Identity(), "id")
+        ran.append(True)
+    module, x = torch.nn.Linear(3, 2), torch.randn(4, 3)
+    expected = module(x)
+    handles = tracker.hook_module(module, "linear")
+    assert len(module._forward_pre_hooks) == len(module._forward_hooks) == 1
+    assert torch.equal(module(x), expected)
     remove_hooks(handles)
+    assert not module._forward_pre_hooks and not module._forward_hooks
+    assert ran == [True] and vars(tracker) == {}
 
 
 @pytest.mark.cuda

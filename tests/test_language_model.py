@@ -6,11 +6,8 @@ import pytest
 import torch
 import transformers
 
-from harness.generate.language_model import (
-    generate_language_model,
-    patch_pipeline,
-    reference_generate_language_model,
-)
+from harness.generate.language_model import generate_language_model, patch_pipeline
+from harness.testing.oracles import reference_generate_language_model
 
 
 @pytest.fixture(scope="module")

@@ -142,7 +142,7 @@ def test_bench_rerun_replaces_figures_it_no_longer_emits(make_sweep, tmp_path):
 def test_peak_column_never_reports_reserved_memory():
     from types import SimpleNamespace
 
-    from harness.generate.run_table import bench_rows
+    from harness.measure.bench_table import bench_rows
 
     m = SimpleNamespace(
         cell=SimpleNamespace(id="c", label="l"), batch_size=1, steps_per_call=1,

@@ -149,14 +149,17 @@ def test_gate_on_kl_softmax_fails_on_degraded_audio_and_passes_on_a_rerun(tmp_pa
     runs = {name: tmp_path / name for name in ("base", "same", "noisy")}
     run_sweep(sweep, runs["base"], progress=False)
     run_sweep(sweep, runs["same"], progress=False)
-    original = local.generate
+    from harness.generate.sampling import HostAudio
+
+    original = local.generate_to_host
 
     def noisy(*args, **kwargs):
-        audio = original(*args, **kwargs)
-        return audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
+        audio = original(*args, **kwargs).numpy()
+        audio = audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
+        return HostAudio(torch.from_numpy(audio), audio.shape[-1])
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local, "generate", noisy)
+        mp.setattr(local, "generate_to_host", noisy)
         run_sweep(sweep, runs["noisy"], progress=False)
     store = RunStore.read_only(runs["base"])
     prompts = sorted({s["prompt_id"] for s in store.samples()})

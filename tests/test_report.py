@@ -14,7 +14,8 @@ from harness.cli import main
 from harness.report.build import build_report, listen_pairs, parse_formats
 from harness.results import cell_frame, load_run, sample_frame
 from harness.report.plots import latency_quality_plot, pareto_front, quality_steps_plot, stage_latency_plot
-from harness.store import StoreError, sha256_file
+from harness.fileio import sha256_file
+from harness.store import StoreError
 
 HTML_PROMPT = '<b>bold</b><script>alert(1)</script><img src=x onerror="window.__pwned=1">'
 ERROR = "simulated failure of seed 1 at 2 steps"
@@ -32,7 +33,7 @@ def write_run(root: Path, name: str, steps: list[int], schedulers: list[str], fa
     sweep.write_text(f'name = "{name}"\ncheckpoints = ["tiny-audio"]\nschedulers = {json.dumps(schedulers)}\n'
                      f'steps = {json.dumps(steps)}\naudio_lengths_s = [0.5]\nseeds = [0, 1]\ndevice = "cpu"\n'
                      f'batch_size = 1\n[prompts]\nset = "{prompts}"\n')
-    real = local.generate
+    real = local.generate_to_host
 
     def failing(pipe, cond, seeds, n_steps, *args, **kwargs):
         if n_steps == 2 and seeds == [1]:
@@ -41,7 +42,7 @@ def write_run(root: Path, name: str, steps: list[int], schedulers: list[str], fa
 
     with pytest.MonkeyPatch.context() as mp:
         if fail:
-            mp.setattr(local, "generate", failing)
+            mp.setattr(local, "generate_to_host", failing)
         run_sweep(sweep, root / name, progress=False)
     return root / name
 

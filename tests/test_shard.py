@@ -8,11 +8,11 @@ import pytest
 
 from harness.spec import expand, parse_spec
 from harness.data.prompts import load_prompt_set
-from harness.generate.local import Batch
+from harness.plan import Batch
 from harness.plan.shard import (
     SHARD_USAGE, Shard, batch_cost, check_shard_folder, parse_shard, partition, plan_fingerprint, unet_passes,
 )
-from harness.generate.run import cut_batches, plan
+from harness.plan import cut_batches, plan
 from harness.store import StoreError
 
 

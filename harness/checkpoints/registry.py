@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from harness.errors import HarnessError
+
 Task = Literal["audio", "music", "speech"]
 
 
@@ -69,7 +71,7 @@ BUILTIN.update(
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HarnessError, ValueError):
     """A checkpoint that cannot be found or loaded; the message says where we looked and what to do."""
 
 

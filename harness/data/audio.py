@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["content_sha256", "file_sha256", "read_mono"]
+__all__ = ["content_sha256", "read_mono"]
 
 
 def content_sha256(samples: np.ndarray, sample_rate: int) -> str:
@@ -22,15 +22,6 @@ def content_sha256(samples: np.ndarray, sample_rate: int) -> str:
     data = np.ascontiguousarray(samples, dtype="<f4")
     digest = hashlib.sha256(f"{int(sample_rate)}:".encode())
     digest.update(data.tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

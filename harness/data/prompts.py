@@ -29,12 +29,14 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 import harness
 
+from harness.errors import HarnessError
+
 DATASETS_ENV = "AUDIOLDM2_HARNESS_DATASETS"
 _PROMPT_FIELDS = ("id", "text", "transcription", "source")
 _SPEC_FORMS = "audiocaps:PATH, musiccaps:PATH, musiccaps-eval:PATH, or a .jsonl/.csv path"
 
 
-class PromptSetError(ValueError):
+class PromptSetError(HarnessError, ValueError):
     """A prompt set could not be loaded; the message names the problem and the fix."""
 
 

@@ -31,15 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import HarnessError
+from harness.fileio import atomic_write_text, sha256_file
 from harness.audio_checks import SILENT_PEAK
-from harness.data.audio import content_sha256, file_sha256, read_mono
+from harness.data.audio import content_sha256, read_mono
 
 __all__ = ["QuarantinedFile", "ReferenceEntry", "ReferenceSet", "ReferenceSetError", "ingest_reference_folder"]
 
 DEFAULT_MIN_DURATION_S = 0.5
 
 
-class ReferenceSetError(ValueError):
+class ReferenceSetError(HarnessError, ValueError):
     """A reference set cannot be used; the message names the folder and what to do."""
 
 
@@ -97,12 +99,7 @@ class ReferenceSet:
 
     def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``to_json()`` (plus ``extra`` sections, e.g. a pairing) to ``path`` atomically; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**self.to_json(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps({**self.to_json(), **(extra or {})}, indent=2) + "\n")
 
 
 def _check(samples: np.ndarray, rate: int, min_duration_s: float, allow_silent: bool) -> str | None:
@@ -151,7 +148,7 @@ def ingest_reference_folder(folder: str | Path, *, min_duration_s: float = DEFAU
                 quarantine.append(QuarantinedFile(rel, reason))
                 continue
             entries.append(ReferenceEntry(
-                path=rel, file_sha256=file_sha256(path), audio_sha256=content_sha256(samples, rate),
+                path=rel, file_sha256=sha256_file(path), audio_sha256=content_sha256(samples, rate),
                 duration_s=samples.size / rate, sample_rate=rate, channels=channels, frames=int(samples.size),
             ))
     entries.sort(key=lambda e: e.path)

@@ -29,6 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import scipy.stats
 
+from harness.environment import environment_differences as env_differences
+from harness.errors import HarnessError
 from harness.gate.policy import Policy, Rule
 from harness.gate.summary import Figure, Summary
 from harness.score.metrics.bootstrap import paired_bootstrap
@@ -47,7 +49,7 @@ class Test:
     floor: float = 0.0
 
 
-class GateError(ValueError):
+class GateError(HarnessError, ValueError):
     """The two summaries cannot be compared (e.g. different environments); exit 2."""
 
 
@@ -91,8 +93,7 @@ class GateResult:
 
 def environment_differences(baseline: Summary, candidate: Summary) -> list[str]:
     """'key: baseline != candidate' for every environment key that differs."""
-    b, c = baseline.environment_key(), candidate.environment_key()
-    return [f"{k}: {b.get(k)} != {c.get(k)}" for k in sorted(set(b) | set(c)) if b.get(k) != c.get(k)]
+    return env_differences(baseline.environment_key(), candidate.environment_key())
 
 
 def compare(baseline: Summary, candidate: Summary, policy: Policy, allow_env_mismatch: bool = False) -> GateResult:

@@ -26,12 +26,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.errors import HarnessError
 from harness.spec import read_toml
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
-class PolicyError(ValueError):
+class PolicyError(HarnessError, ValueError):
     """A policy file that cannot be used; the message names the key and the fix."""
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from harness.environment import environment_key
+from harness.errors import HarnessError
 from harness.results import (
     STAGES, TOTAL, RunData, cell_label, cell_latency, config_key, higher_is_better, load_run, quality_names,
 )
@@ -25,7 +27,7 @@ SCHEMA = 1
 Better = Literal["lower", "higher"]
 
 
-class SummaryError(ValueError):
+class SummaryError(HarnessError, ValueError):
     """A baseline or benchmark file that cannot be read; the message says which and why."""
 
 
@@ -67,12 +69,7 @@ class Summary:
 
     def environment_key(self) -> dict[str, Any]:
         """What must match for two summaries to be comparable: device model and library versions."""
-        env = self.environment
-        versions = env.get("versions", {})
-        return {
-            "device": env.get("gpu") or f"cpu:{env.get('cpu', '?')}",
-            **{k: versions.get(k) for k in ("torch", "diffusers", "transformers")},
-        }
+        return environment_key(self.environment)
 
 
 def from_runs(run_dirs: Sequence[str | Path]) -> Summary:

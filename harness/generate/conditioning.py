@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.stages import ENCODE, ENCODE_CLAP_TEXT, ENCODE_LANGUAGE_MODEL, ENCODE_PROJECTION, ENCODE_T5, ENCODE_VITS
 from harness.measure.trackers import NullTracker, Tracker, remove_hooks
 
 
@@ -38,13 +39,13 @@ class ConditioningKey:
 def _hook_encoders(pipe, tracker: Tracker) -> list:
     clap = pipe.text_encoder
     second = pipe.text_encoder_2
-    second_name = "encode/vits" if second.config.model_type == "vits" else "encode/t5"
-    second_module = getattr(second, "text_encoder", second) if second_name == "encode/vits" else second
-    handles = tracker.hook_module(clap.text_model, "encode/clap_text")
-    handles += tracker.hook_module(clap.text_projection, "encode/clap_text")
+    second_name = ENCODE_VITS if second.config.model_type == "vits" else ENCODE_T5
+    second_module = getattr(second, "text_encoder", second) if second_name == ENCODE_VITS else second
+    handles = tracker.hook_module(clap.text_model, ENCODE_CLAP_TEXT)
+    handles += tracker.hook_module(clap.text_projection, ENCODE_CLAP_TEXT)
     handles += tracker.hook_module(second_module, second_name)
-    handles += tracker.hook_module(pipe.projection_model, "encode/projection")
-    handles += tracker.hook_module(pipe.language_model, "encode/language_model")
+    handles += tracker.hook_module(pipe.projection_model, ENCODE_PROJECTION)
+    handles += tracker.hook_module(pipe.language_model, ENCODE_LANGUAGE_MODEL)
     return handles
 
 
@@ -53,7 +54,7 @@ def encode(pipe, key: ConditioningKey, tracker: Tracker | None = None) -> Condit
     tracker = tracker or NullTracker()
     handles = _hook_encoders(pipe, tracker)
     try:
-        with tracker.stage("encode"):
+        with tracker.stage(ENCODE):
             embeds, mask, generated = pipe.encode_prompt(
                 prompt=[key.prompt],
                 device=pipe._execution_device,

@@ -7,7 +7,7 @@ helpers (``_get_initial_cache_position``, ``_update_model_kwargs_for_generation`
 pipeline raises AttributeError (diffusers issue 12630; fix PR 13111 was closed unmerged).
 
 ``generate_language_model`` is a KV-cached loop over ``GPT2Model`` that returns the same hidden
-states as ``reference_generate_language_model``, the uncached loop that re-runs the whole
+states as ``harness.testing.oracles.reference_generate_language_model``, the uncached loop that re-runs the whole
 sequence at every step (the semantics of the original pipeline). ``patch_pipeline`` binds it to
 a pipeline instance. When upstream is fixed, delete this file and the one call to
 ``patch_pipeline`` in ``harness/generate/load.py``.
@@ -56,23 +56,6 @@ def generate_language_model(
         cache = _cache_of(output)
         mask = _extend_mask(mask, batch, inputs_embeds.device)
     return torch.cat(new_states, dim=1)
-
-
-@torch.no_grad()
-def reference_generate_language_model(
-    language_model: torch.nn.Module,
-    inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 8,
-) -> torch.Tensor:
-    """Uncached reference loop: re-runs the full sequence each step (slow; for tests and audits)."""
-    batch = inputs_embeds.shape[0]
-    sequence, mask = inputs_embeds, attention_mask
-    for _ in range(max_new_tokens):
-        output = language_model(inputs_embeds=sequence, attention_mask=mask, use_cache=False)
-        sequence = torch.cat([sequence, output.last_hidden_state[:, -1:, :]], dim=1)
-        mask = _extend_mask(mask, batch, inputs_embeds.device)
-    return sequence[:, -max_new_tokens:, :]
 
 
 def _pipeline_method(self, inputs_embeds=None, max_new_tokens=8, **model_kwargs):

@@ -3,7 +3,6 @@ mode, and the built-in tiny checkpoints; plus a cache so a sweep loads each pipe
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,8 +14,10 @@ from diffusers import AudioLDM2Pipeline
 from diffusers.utils import logging as diffusers_logging
 
 from harness.checkpoints.registry import BUILTIN, CheckpointError, CheckpointInfo, describe
-from harness.spec import RuntimeOptions
+from harness.schedulers import build_scheduler
+from harness.spec import Cell, RuntimeOptions
 from harness.generate.language_model import patch_pipeline
+from harness.hub import missing_weights_message
 from harness.generate.runtime import apply_runtime, attention_context
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -84,19 +85,8 @@ def _quiet_loading() -> Iterator[None]:
 
 
 def _missing_weights_error(checkpoint: str, revision: str | None, err: Exception) -> CheckpointError:
-    from huggingface_hub import constants
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    rev = f" (revision {revision})" if revision else ""
-    reason = "HF_HUB_OFFLINE=1 forbids downloading" if offline else "downloading failed"
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    return CheckpointError(
-        f"cannot load {checkpoint}{rev}: not a local folder, not in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}), and {reason} [{type(err).__name__}: {first_line}]. "
-        f"Get the weights on a machine with network: `hf download {checkpoint}"
-        f"{' --revision ' + revision if revision else ''}` (copy the cache folder over, or point "
-        "HF_HOME at it), or pass a local folder in diffusers format"
-    )
+    return CheckpointError(missing_weights_message("", checkpoint, revision, err,
+                                                   "pass a local folder in diffusers format"))
 
 
 def check_phonemizer(pipe, checkpoint: str) -> None:
@@ -168,3 +158,10 @@ class PipelineCache:
             self._key = key
             self.loads += 1
         return self._loaded
+
+    def for_cell(self, cell: Cell, allow_unsafe_schedulers: bool = False) -> LoadedPipeline:
+        """The pipeline of ``cell``'s checkpoint, dtype, device and runtime, with its scheduler swapped in."""
+        loaded = self.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)
+        loaded.pipe.scheduler = build_scheduler(cell.scheduler_type, cell.scheduler_options,
+                                                loaded.base_scheduler, allow_unsafe_schedulers)
+        return loaded

@@ -22,7 +22,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.generate.local import Batch, ExecutionReport, LocalExecutor, WorkItem
+from harness.generate.local import ExecutionReport, LocalExecutor
+from harness.plan import Batch, WorkItem
 from harness.store import RunStore, SampleRecord
 
 INSTALL_HINT = "pip install 'audioldm2-harness[ray]'"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-
 from rich.table import Table
 
 from harness.console import make_console
 from harness.generate.run import RunResult
-from harness.store import RunStore
+from harness.store import RunStore, read_store
 
 
 def cell_rows(store: RunStore) -> list[dict]:
@@ -36,11 +35,8 @@ def cell_rows(store: RunStore) -> list[dict]:
 def print_summary(result: RunResult) -> None:
     """Print the per-cell table, setup errors and the run folder."""
     console = make_console()
-    store = RunStore.read_only(result.run_dir)
-    try:
+    with read_store(result.run_dir) as store:
         rows = cell_rows(store)
-    finally:
-        store.close()
     table = Table("cell", "checkpoint", "scheduler", "steps", "guidance", "ok", "failed", "flagged",
                   "s/sample", "RTF", title="audioldm2-harness run")
     for r in rows:
@@ -55,45 +51,11 @@ def print_summary(result: RunResult) -> None:
         f"{result.report.done} generated, {result.report.failed} failed. "
         "RTF = compute seconds per second of audio."
     )
-    console.print(f"run folder: {result.run_dir.resolve()}", highlight=False, soft_wrap=True)
-
-
-STAGE_COLUMNS = ["encode", "denoise", "vae_decode", "vocoder"]
-PEAK_KINDS = ("allocated_peak_bytes", "rss_peak_bytes", "rss_peak_since_start_bytes")  # never reserved
-
-
-def bench_rows(measurements) -> list[dict]:
-    """One row per (cell, batch size): median ms per top-level stage, stage sum vs total, RTF."""
-    rows = []
-    for m in measurements:
-        stats, head = m.stats(), m.headline()
-        memory = max((v for kinds in m.memory.values() for k, v in kinds.items() if k in PEAK_KINDS), default=None)
-        rows.append({
-            "cell": m.cell.id, "label": m.cell.label, "batch": m.batch_size,
-            **{s: stats[s]["median"] * 1e3 if s in stats else float("nan") for s in STAGE_COLUMNS},
-            "step_ms": stats["denoise/step"]["median"] * 1e3 / max(m.steps_per_call, 1)
-            if "denoise/step" in stats else float("nan"),
-            "total": stats["total"]["median"] * 1e3, "total_p90": stats["total"]["p90"] * 1e3,
-            "sum_over_total": head["stage_sum_over_total"], "rtf": head["rtf"],
-            "first_call_s": head["first_call_s"], "peak_mib": memory / 2**20 if memory else float("nan"),
-        })
-    return rows
-
-
-def print_bench(result) -> None:
-    """Print the stage table of a ``bench`` run."""
-    console = make_console()
-    table = Table("cell", "setting", "batch", *[f"{s} ms" for s in STAGE_COLUMNS], "ms/step",
-                  "total ms (p50)", "p90", "stages/total", "RTF", "first call s", "peak MiB",
-                  title="audioldm2-harness bench (medians over timed calls)")
-    for r in bench_rows(result.measurements):
-        table.add_row(r["cell"][:8], r["label"], str(r["batch"]), *[f"{r[s]:.1f}" for s in STAGE_COLUMNS],
-                      f"{r['step_ms']:.2f}", f"{r['total']:.1f}", f"{r['total_p90']:.1f}",
-                      f"{r['sum_over_total']:.4f}", f"{r['rtf']:.3f}", f"{r['first_call_s']:.2f}",
-                      f"{r['peak_mib']:.0f}")
-    console.print(table)
-    for cell_id, error in result.cell_errors.items():
-        console.print(f"[red]cell {cell_id} not measured:[/red] {error}", highlight=False)
-    console.print("RTF = compute seconds per second of audio; peak = largest per-stage peak "
-                  "(CPU: RSS; CUDA: allocated). All figures are in the run folder's measurements table.")
+    if result.duty:
+        d = result.duty
+        console.print(f"duty cycle {d['duty_cycle']:.3f} (pipeline calls {d['call_seconds']:.1f} s of "
+                      f"{d['wall_seconds']:.1f} s wall; {d['duty_cycle_without_setup']:.3f} without "
+                      f"{d['setup_seconds']:.1f} s of cell set-up (loading pipelines, swapping schedulers)"
+                      + (f"; GPU utilisation {d['gpu_utilization_mean']:.0f}%" if d["gpu_utilization_mean"] is not None
+                         else "") + ")", highlight=False)
     console.print(f"run folder: {result.run_dir.resolve()}", highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from harness.stages import DENOISE, DENOISE_STEP, VAE_DECODE, VOCODER
 from harness.measure.trackers import NullTracker, Tracker
 from harness.generate.conditioning import Conditioning
 
@@ -48,7 +49,7 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
     )
     extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
     for t in pipe.scheduler.timesteps:
-        with tracker.stage("denoise/step"):
+        with tracker.stage(DENOISE_STEP):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             noise = pipe.unet(
@@ -65,21 +66,50 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
     return latents
 
 
+class HostAudio:
+    """Waveforms on their way to host memory; ``numpy()`` waits for the copy and returns them.
+
+    On CUDA the vocoder output is copied into pinned memory without blocking, so the next batch
+    can be queued on the GPU while the writer thread waits for this one.
+    """
+
+    def __init__(self, host: torch.Tensor, keep: int, copied: torch.cuda.Event | None = None) -> None:
+        self._host, self._keep, self._copied = host, keep, copied
+
+    def numpy(self) -> np.ndarray:
+        """Float32 waveforms of shape (batch, keep)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self._host[:, :self._keep].numpy().astype(np.float32, copy=False)
+
+
 @torch.no_grad()
-def decode(pipe, latents: torch.Tensor, keep: int, tracker: Tracker) -> np.ndarray:
-    """VAE decode and vocoder; returns float32 waveforms of shape (batch, keep)."""
-    with tracker.stage("vae_decode"):
+def decode(pipe, latents: torch.Tensor, keep: int, tracker: Tracker) -> HostAudio:
+    """VAE decode and vocoder (as ``pipe.mel_spectrogram_to_waveform``), copied to the host."""
+    with tracker.stage(VAE_DECODE):
         mel = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    with tracker.stage("vocoder"):
-        audio = pipe.mel_spectrogram_to_waveform(mel)[:, :keep]
-    return audio.numpy().astype(np.float32, copy=False)
+    with tracker.stage(VOCODER):
+        waveform = pipe.vocoder(mel.squeeze(1) if mel.dim() == 4 else mel).float()
+    if waveform.device.type != "cuda":
+        return HostAudio(waveform, keep)
+    host = torch.empty(waveform.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(waveform, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return HostAudio(host, keep, copied)
+
+
+def generate_to_host(pipe, cond: Conditioning, seeds: list[int], steps: int, guidance_scale: float,
+                     audio_length_s: float, tracker: Tracker | None = None) -> HostAudio:
+    """Generate one waveform per seed from a stacked conditioning (see conditioning.stack)."""
+    tracker = tracker or NullTracker()
+    height, keep = latent_height(pipe, audio_length_s)
+    with tracker.stage(DENOISE):
+        latents = denoise(pipe, cond, generators_for(seeds), steps, guidance_scale, height, tracker)
+    return decode(pipe, latents, keep, tracker)
 
 
 def generate(pipe, cond: Conditioning, seeds: list[int], steps: int, guidance_scale: float,
              audio_length_s: float, tracker: Tracker | None = None) -> np.ndarray:
-    """Generate one waveform per seed from a stacked conditioning (see conditioning.stack)."""
-    tracker = tracker or NullTracker()
-    height, keep = latent_height(pipe, audio_length_s)
-    with tracker.stage("denoise"):
-        latents = denoise(pipe, cond, generators_for(seeds), steps, guidance_scale, height, tracker)
-    return decode(pipe, latents, keep, tracker)
+    """``generate_to_host`` and wait: float32 waveforms of shape (batch, samples)."""
+    return generate_to_host(pipe, cond, seeds, steps, guidance_scale, audio_length_s, tracker).numpy()

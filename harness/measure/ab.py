@@ -15,17 +15,18 @@ from typing import Callable
 
 import numpy as np
 
+from harness.stages import GENERATION_STAGES
 from harness.spec import Cell, ConfigError
 from harness.data.prompts import Prompt
 from harness.environment import fingerprint
 from harness.gate.summary import CellSummary, Figure, Summary
 from harness.measure.trackers import StageTimer
 from harness.measure.stages import TOTAL, one_call
-from harness.generate.load import LoadedPipeline, PipelineCache
-from harness.generate.run import prepare, prompts_for
-from harness.schedulers import build_scheduler
+from harness.generate.load import PipelineCache
+from harness.generate.run import prepare
+from harness.plan import prompts_for
 
-STAGES = (TOTAL, "encode", "denoise", "vae_decode", "vocoder")
+STAGES = (TOTAL, *GENERATION_STAGES)
 
 
 @dataclass
@@ -41,9 +42,7 @@ class _Side:
     def prepare_cell(self, index: int) -> Callable[[], dict[str, float]]:
         """Load cell ``index`` with its scheduler; return a function timing one call of it."""
         cell = self.cells[index]
-        loaded: LoadedPipeline = self.cache.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)
-        loaded.pipe.scheduler = build_scheduler(cell.scheduler_type, cell.scheduler_options,
-                                                loaded.base_scheduler, self.allow_unsafe)
+        loaded = self.cache.for_cell(cell, self.allow_unsafe)
         prompt = self.prompts[index]
 
         def call() -> dict[str, float]:

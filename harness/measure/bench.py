@@ -10,9 +10,9 @@ from harness.spec import Cell, LatencySpec
 from harness.environment import fingerprint
 from harness.measure.stages import CellMeasurement, Protocol, measure_cell
 from harness.generate.load import PipelineCache
-from harness.generate.run import default_run_dir, open_store, prepare, prompts_for
-from harness.schedulers import build_scheduler
-from harness.store import RunStore
+from harness.generate.run import default_run_dir, prepare
+from harness.plan import prompts_for
+from harness.store import RunStore, open_store
 
 
 @dataclass
@@ -75,11 +75,8 @@ def _measure_all(spec, cells: list[Cell], prompts, protocols, store: RunStore, p
         loaded = None  # so the next load can free the previous pipeline first
         try:
             loads = cache.loads
-            loaded = cache.get(cell.checkpoint, cell.revision, cell.dtype, cell.device, cell.runtime)
+            loaded = cache.for_cell(cell, spec.allow_unsafe_schedulers)
             load_s = loaded.load_seconds if cache.loads > loads else None
-            loaded.pipe.scheduler = build_scheduler(
-                cell.scheduler_type, cell.scheduler_options, loaded.base_scheduler, spec.allow_unsafe_schedulers
-            )
             prompt = prompts_for(cell.checkpoint, prompts, spec.prompts.limit)[0]
             for protocol in protocols:
                 m = measure_cell(loaded, cell, prompt.text, prompt.transcription, protocol, load_s)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from harness.measure.bench import BenchResult, bench_sweep
 from harness.environment import fingerprint
-from harness.generate.run_table import STAGE_COLUMNS, bench_rows
+from harness.measure.bench_table import bench_rows
+from harness.stages import GENERATION_STAGES
 
 PAIRS = [("dpmsolver++", 20), ("ddim", 200)]
 
@@ -52,7 +53,7 @@ def validate(checkpoint: str = "random:cvssp/audioldm2", device: str = "cuda", l
 def markdown(results: list[BenchResult]) -> str:
     """The Markdown stage table (medians, ms) with peak memory of every measured cell."""
     env = fingerprint()
-    header = ["setting", "dtype", "compile", *STAGE_COLUMNS, "ms/step", "total p50", "total p90",
+    header = ["setting", "dtype", "compile", *GENERATION_STAGES, "ms/step", "total p50", "total p90",
               "stages/total", "RTF", "first call s", "peak MiB"]
     lines = [f"Device: {env.get('gpu', env['cpu'])}; torch {env['versions']['torch']}, "
              f"diffusers {env['versions']['diffusers']}, CUDA {env.get('cuda_version')}", "",
@@ -60,7 +61,7 @@ def markdown(results: list[BenchResult]) -> str:
     for result in results:
         for m, r in zip(result.measurements, bench_rows(result.measurements)):
             values = [r["label"], m.cell.dtype, m.cell.runtime.compile,
-                      *[f"{r[s]:.1f}" for s in STAGE_COLUMNS], f"{r['step_ms']:.2f}", f"{r['total']:.1f}",
+                      *[f"{r[s]:.1f}" for s in GENERATION_STAGES], f"{r['step_ms']:.2f}", f"{r['total']:.1f}",
                       f"{r['total_p90']:.1f}", f"{r['sum_over_total']:.4f}", f"{r['rtf']:.3f}",
                       f"{r['first_call_s']:.1f}", f"{r['peak_mib']:.0f}"]
             lines.append("| " + " | ".join(values) + " |")

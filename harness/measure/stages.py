@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.stages import DENOISE_STEP, TOTAL
 from harness.spec import Cell
 from harness.measure.trackers import StageTimer, Tracker, memory_tracker
 from harness.generate.conditioning import ConditioningKey, encode, stack
 from harness.generate.sampling import generate
 from harness.generate.load import LoadedPipeline
 
-TOTAL = "total"
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def measure_cell(loaded: LoadedPipeline, cell: Cell, prompt: str, transcription:
     for _ in range(protocol.repeats):
         timer = StageTimer(cell.device)
         one_call(loaded, cell, prompt, transcription, seeds, timer)
-        steps = timer.counts().get("denoise/step", 0)
+        steps = timer.counts().get(DENOISE_STEP, 0)
         for stage, seconds in timer.results().items():
             durations.setdefault(stage, []).append(seconds)
     memory = {}

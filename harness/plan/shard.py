@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from harness.spec import Cell
-from harness.generate.local import Batch
+from harness.plan import Batch
 
 SHARD_USAGE = "--shard must look like 2/4 with 1 <= i <= N"
 

@@ -15,20 +15,20 @@ Results are printed and written to ``<run>/scores/compare-<A>-<B>.json``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from harness.fileio import atomic_write_text
 from harness.data.references import DEFAULT_MIN_DURATION_S
 from harness.score.embed.cache import AudioSource, EmbeddingCache, embed_sources, embed_texts
 from harness.score.metrics import paired_bootstrap, permutation_test_sets
 from harness.score.metrics.registry import MetricData, metric_class
 from harness.score.reference import resolve_reference
 from harness.score.scoring import ScoreError, build_embedder, clip_loader, parse_embedders, resolve_cell
-from harness.store import RunStore
+from harness.store import inside_run, read_store, require_intact_audio
 
 # Set metrics tested by label permutation; CLAP score is tested by a paired bootstrap.
 SET_METRICS = ("fad", "kad")
@@ -68,13 +68,8 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
                   cache_dir: str | Path | None = None) -> CompareResult:
     """Paired tests of cell A against cell B (unique id prefixes accepted); see the module docstring."""
     root = Path(run_dir)
-    if not (root / "run.sqlite").is_file():
-        raise ScoreError(f"{run_dir} is not a run folder (no run.sqlite)")
-    store = RunStore.read_only(root)
-    try:
+    with read_store(root) as store:
         samples = store.samples()
-    finally:
-        store.close()
     cells = sorted({s["cell_id"] for s in samples})
     a, b = resolve_cell(cell_a, cells), resolve_cell(cell_b, cells)
     if a == b:
@@ -86,7 +81,9 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
         options["clap"] = {"model": clap_model}
     built = [build_embedder(n, options.get(n, {}), device) for n in parse_embedders(embedders)]
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
-    paths = [root / p["a"]["audio_path"] for p in pairs] + [root / p["b"]["audio_path"] for p in pairs] + ref_paths
+    rows = [p["a"] for p in pairs] + [p["b"] for p in pairs]
+    require_intact_audio(root, rows)
+    paths = [inside_run(root, r["audio_path"]) for r in rows] + ref_paths
     emb = embed_sources([AudioSource(str(p), clip_loader(p)) for p in paths], built, cache)
     if emb.errors:
         raise ScoreError(f"{len(emb.errors)} clip(s) could not be embedded, e.g. {next(iter(emb.errors.values()))}")
@@ -124,7 +121,9 @@ def _reference_paths(root: Path, reference: str, samples, cells: list[str]) -> l
         by_cell.setdefault(s["cell_id"], []).append(s)
     ref = resolve_reference(reference, root, by_cell, cells, DEFAULT_MIN_DURATION_S, None)
     if ref.cell_id is not None:
-        return [root / s["audio_path"] for s in by_cell[ref.cell_id] if s["status"] == "ok"]
+        rows = [s for s in by_cell[ref.cell_id] if s["status"] == "ok"]
+        require_intact_audio(root, rows)
+        return [inside_run(root, s["audio_path"]) for s in rows]
     return [ref.reference_set.root / e.path for e in ref.reference_set.entries]
 
 
@@ -154,12 +153,8 @@ def _clap_test(name: str, a: np.ndarray, b: np.ndarray, bootstrap: int, seed: in
 
 def _write(root: Path, result: CompareResult) -> Path:
     path = root / "scores" / f"compare-{result.cell_a[:8]}-{result.cell_b[:8]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in asdict(result).items() if k != "path"}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # readers never see half a file
-    tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1, default=float) + "\n")
 
 
 def print_comparison(result: CompareResult) -> None:

@@ -61,13 +61,14 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import HarnessError
 from harness.data.references import DEFAULT_MIN_DURATION_S
 from harness.score.embed.cache import AudioSource, EmbeddingCache, EmbedResult, embed_sources, embed_texts
 from harness.score.embed.registry import Embedder, EmbedderError, available, get_embedder, options_of
 from harness.score.metrics.frechet import FAD_INF_MIN_N, fad_extras
 from harness.score.metrics.registry import Metric, available_metrics, metric_class
 from harness.score.reference import Reference, clip_loader, resolve_cell, resolve_reference
-from harness.store import RunStore, acquire_lock
+from harness.store import RunStore, open_store, require_intact_audio
 
 __all__ = ["METRICS", "ScoreError", "ScoreResult", "clip_loader", "clip_matrix", "fad_extras", "parse_embedders",
            "print_scores", "resolve_cell", "score_run", "FAD_INF_MIN_N"]
@@ -78,7 +79,7 @@ _POOLING = {"clip-mean": "mean of the clip's window embeddings",
             "frames": "every window of every clip is a row (frechet-audio-distance)"}
 
 
-class ScoreError(ValueError):
+class ScoreError(HarnessError, ValueError):
     """Scoring cannot proceed as asked; the message says why and what to do."""
 
 
@@ -233,16 +234,9 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
         from harness.environment import resolve_device
 
         device = resolve_device("auto")
-    lock = acquire_lock(root)
-    try:
-        store = RunStore(root)
-        try:
-            return _score_locked(store, reference, jobs, proto, device, bootstrap, confidence, seed, cells,
-                                 cache_dir, min_duration_s, progress, pair_by)
-        finally:
-            store.close()
-    finally:
-        lock.release()
+    with open_store(root) as store:
+        return _score_locked(store, reference, jobs, proto, device, bootstrap, confidence, seed, cells,
+                             cache_dir, min_duration_s, progress, pair_by)
 
 
 @dataclass
@@ -269,6 +263,9 @@ def _score_locked(store: RunStore, reference: str, jobs: list[_Job], proto, devi
         wanted = [c for c in wanted if c != ref.cell_id]
         skipped[ref.cell_id] = "is the reference"
 
+    # --- stored audio: every file inside the run folder and unchanged since it was stored
+    require_intact_audio(root, [r for c in [*wanted, *([ref.cell_id] if ref.cell_id else [])] for r in by_cell[c]])
+
     # --- embedders (built after the cheap checks: loading CLAP takes a while)
     built = [build_embedder(j.name, j.options, device) for j in jobs]
     _check_jobs(jobs, built, ref, proto)
@@ -284,7 +281,7 @@ def _score_locked(store: RunStore, reference: str, jobs: list[_Job], proto, devi
             continue
         index = []
         for r in ok:
-            path = root / r["audio_path"]
+            path = store.resolve(r["audio_path"])
             index.append(len(sources))
             sources.append(AudioSource(str(path), clip_loader(path)))
         groups[cell_id] = _Group(ok, len(by_cell[cell_id]) - len(ok), index)

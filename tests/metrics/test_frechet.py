@@ -15,8 +15,8 @@ from harness.score.metrics.frechet import (
     frechet_distance,
     gaussian_stats,
     mahalanobis_scores,
-    sqrtm_frechet_distance,
 )
+from harness.testing.oracles import sqrtm_frechet_distance
 
 
 reference_frechet = sqrtm_frechet_distance  # frechet-audio-distance's formula

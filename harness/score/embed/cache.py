@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.fileio import atomic_open, atomic_write_text
 from harness.score.embed.audio import Clip
 from harness.score.embed.registry import Embedder
 
@@ -80,16 +79,9 @@ class EmbeddingCache:
     def put(self, embedder: Embedder, key: str, value: np.ndarray, kind: str = "audio") -> None:
         """Store atomically (temporary file, then rename)."""
         path = self.path(embedder.identity_key, key, kind)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._note_identity(embedder)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.asarray(value, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path) as fh:
+            np.save(fh, np.asarray(value, dtype=np.float32), allow_pickle=False)
         self.writes += 1
 
     def _note_identity(self, embedder: Embedder) -> None:
@@ -97,11 +89,8 @@ class EmbeddingCache:
             return
         target = self.root / embedder.identity_key / "identity.json"
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".identity.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"identity": embedder.identity(), "source": embedder.source()},
-                                      indent=2, sort_keys=True, default=str))
-            os.replace(tmp, target)
+            atomic_write_text(target, json.dumps({"identity": embedder.identity(), "source": embedder.source()},
+                                                 indent=2, sort_keys=True, default=str))
         self._noted.add(embedder.identity_key)
 
 

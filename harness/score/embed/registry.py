@@ -26,6 +26,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from harness.errors import HarnessError
+
 __all__ = ["Embedder", "EmbedderError", "available", "describe_all", "get_embedder", "options_of", "register"]
 
 # Modules of this package that define no embedder.
@@ -35,7 +37,7 @@ _REGISTRY: dict[str, type[Embedder]] = {}
 _discovered = False
 
 
-class EmbedderError(ValueError):
+class EmbedderError(HarnessError, ValueError):
     """An embedder cannot be built or used as asked; the message says why and what to do."""
 
 

@@ -38,7 +38,6 @@ import scipy.linalg
 from scipy.linalg.blas import dsyrk
 
 __all__ = [
-    "sqrtm_frechet_distance",
     "FADInfResult",
     "FrechetAudioDistance",
     "FrechetResult",
@@ -328,18 +327,6 @@ def frechet_distance(
         method=route,
         warnings=tuple(notes),
     )
-
-
-def sqrtm_frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """frechet-audio-distance's ``calculate_frechet_distance`` formula (scipy ``sqrtm`` of the
-    non-symmetric product, imaginary part dropped): the reference the tests and benchmarks hold
-    ``frechet_distance`` against. Never used for reported figures, since it can turn complex
-    or negative on ill-conditioned input."""
-    diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 def fad_from_embeddings(x: object, y: object) -> FrechetResult:

@@ -1,0 +1,1 @@
+"""Helpers for the harness's own tests and benchmarks; the harness itself never imports this package."""
