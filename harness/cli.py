@@ -96,7 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_weights_options(sc)
     sc.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples over prompts for CIs (0: none)")
     sc.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
-    sc.add_argument("--metrics", default="fad,kad,clap_score", help="comma-separated subset of fad,kad,clap_score")
+    sc.add_argument("--metrics", default="fad,kad,clap_score",
+                    help="comma-separated registered metrics: fad, kad, clap_score, kl_softmax, kl_sigmoid, "
+                         "inception_score (default fad,kad,clap_score)")
+    sc.add_argument("--pair-by", metavar="RULE", help="pair reference files with prompts: stem, audiocaps:CSV or "
+                                                      "manifest:CSV (needed by kl_softmax/kl_sigmoid)")
+    sc.add_argument("--protocol", help="a named metric set instead of --embedder/--metrics, e.g. audioldm-eval "
+                                       "(FD, FAD, KL, IS, CLAP as audioldm_eval computes them)")
+    sc.add_argument("--protocol-embedder", action="append", default=[], metavar="NAME=OTHER",
+                    help="run a protocol with another embedder in place of NAME, e.g. pann=tiny-pann (smoke "
+                         "tests; recorded in every row)")
     sc.add_argument("--cells", help="comma-separated cell ids (unique prefixes ok); default: every cell")
     sc.add_argument("--cache-dir", help="embedding cache folder, or 'run' for <RUN>/embeddings "
                                         "(default $AUDIOLDM2_HARNESS_CACHE/embeddings)")
@@ -308,9 +317,20 @@ def _cmd_score(args: argparse.Namespace) -> int:
                        cells=args.cells.split(",") if args.cells else None,
                        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
                        cache_dir=args.cache_dir, min_duration_s=args.min_duration,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, pair_by=args.pair_by, protocol=args.protocol,
+                       substitute=_substitutes(args.protocol_embedder))
     print_scores(result)
     return EXIT_FAILURES if any(r["value"] is None for r in result.rows) else EXIT_OK
+
+
+def _substitutes(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, other = item.partition("=")
+        if not sep or not name.strip() or not other.strip():
+            raise ValueError(f"--protocol-embedder takes NAME=OTHER (e.g. pann=tiny-pann), got {item!r}")
+        out[name.strip()] = other.strip()
+    return out
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

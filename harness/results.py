@@ -32,7 +32,26 @@ import pandas as pd
 from harness.stages import STAGES, TOTAL
 from harness.store import inside_run, read_store
 
-QUALITY_METRICS = ("fad", "kad", "clap_score")
+STAGES = ("encode", "denoise", "vae_decode", "vocoder", "rerank")
+TOTAL = "total"
+QUALITY_METRICS = ("fad", "kad", "clap_score")  # the default set; every registered metric is a quality figure
+
+
+def is_quality_metric(name: str) -> bool:
+    """Whether ``name`` is a registered metric (imported late: reading runs needs no scoring code)."""
+    from harness.score.metrics.registry import available_metrics
+
+    return name in available_metrics()
+
+
+def higher_is_better(name: str) -> bool:
+    """The registered metric's direction (CLAP score and Inception Score: higher is better)."""
+    from harness.score.metrics.registry import metric_class
+
+    try:
+        return metric_class(name).higher_is_better
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -261,4 +280,4 @@ def _quality(run: RunData, cell_id: str, names: dict[tuple, str]) -> dict[str, A
 def quality_columns(frame: pd.DataFrame) -> list[str]:
     """The point-value quality columns of a cell frame (no CI or n columns)."""
     return [c for c in frame.columns
-            if c.split(":")[0] in QUALITY_METRICS and c.count(":") == 1]
+            if c.count(":") == 1 and is_quality_metric(c.split(":")[0])]

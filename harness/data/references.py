@@ -97,9 +97,9 @@ class ReferenceSet:
             "ignored_hidden": self.ignored_hidden,
         }
 
-    def write(self, path: str | Path) -> Path:
-        """Write ``to_json()`` to ``path`` atomically; returns the path."""
-        return atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+    def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``to_json()`` (plus ``extra`` sections, e.g. a pairing) to ``path`` atomically; returns the path."""
+        return atomic_write_text(path, json.dumps({**self.to_json(), **(extra or {})}, indent=2) + "\n")
 
 
 def _check(samples: np.ndarray, rate: int, min_duration_s: float, allow_silent: bool) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 from harness.environment import environment_key
 from harness.errors import HarnessError
 from harness.results import (
-    STAGES, TOTAL, RunData, cell_label, cell_latency, config_key, load_run, quality_names,
+    STAGES, TOTAL, RunData, cell_label, cell_latency, config_key, higher_is_better, load_run, quality_names,
 )
 
 SCHEMA = 1
@@ -154,7 +154,7 @@ def _quality_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
     names = quality_names(rows)
     out = {}
     for m in rows:
-        better: Better = "higher" if m["metric"] == "clap_score" else "lower"
+        better: Better = "higher" if higher_is_better(m["metric"]) else "lower"
         per_sample = m["details"].get("per_sample") or []
         out[names[(m["metric"], m["embedder"], m["embedder_id"], m["reference_id"])]] = Figure(
             m["value"], better, "", "difference", m["n"], m["ci_low"], m["ci_high"], m["confidence"],

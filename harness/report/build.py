@@ -17,11 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.results import RunData, cell_frame, load_run, quality_columns, sample_frame
+from harness.results import RunData, cell_frame, higher_is_better, load_run, quality_columns, sample_frame
 from harness.fileio import atomic_write_bytes
 from harness.store import file_problem
 from harness.text import visible
-from harness.report.plots import HIGHER_IS_BETTER, MEMORY_KINDS, PLOTS, metric_title
+from harness.report.plots import MEMORY_KINDS, PLOTS, metric_title
 
 FORMATS = ("html", "md", "csv", "parquet")
 FILES = {"csv": "cells.csv", "parquet": "cells.parquet", "md": "report.md", "html": "index.html"}
@@ -219,6 +219,15 @@ def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
         notes.append(f"Quality: value [CI low, CI high] (n = samples scored), {level} bootstrap CI over prompts; "
                      "FAD and KAD lower is better, CLAP score (cosine of a sample's own prompt and audio) "
                      f"higher is better. Embedders: {', '.join(embedders)}.")
+    protocols: dict[str, set[str]] = {}
+    for r in runs:
+        for m in r.metrics:
+            proto = m["details"].get("protocol")
+            if proto:
+                protocols.setdefault(f"{proto['name']}@{proto['version']}", set()).add(
+                    f"{proto['label']} = {m['metric']}:{m['embedder']}")
+    for key, figures in sorted(protocols.items()):
+        notes.append(f"Protocol {key}: " + ", ".join(sorted(figures)) + ".")
     if refs:
         notes.append("FAD/KAD reference: " + "; ".join(f"{name} (id {rid})" for name, rid in refs) + ".")
     units = sorted(set(cells["latency_unit"].dropna()))
@@ -311,7 +320,7 @@ def table_columns(cells: pd.DataFrame) -> list[dict[str, Any]]:
             kind = column.split(":")[2]
             columns.append(num(f"total {MEMORY_KINDS.get(kind, kind + ' (MiB)')}", column))
     for q in quality_columns(cells):
-        higher = HIGHER_IS_BETTER.get(q.split(":")[0])
+        higher = higher_is_better(q.split(":")[0])
         columns.append({"title": metric_title(q).split(",")[0] + (" \u2191" if higher else " \u2193"),
                         "numeric": True, "better": "higher" if higher else "lower",
                         "cell": lambda r, q=q: _quality_cell(r, q)})

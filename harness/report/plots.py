@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.results import STAGES, TOTAL, quality_columns
+from harness.results import STAGES, TOTAL, higher_is_better, quality_columns
 
 # Metric direction: True when a higher value is better.
-HIGHER_IS_BETTER = {"fad": False, "kad": False, "clap_score": True}
-METRIC_NAMES = {"fad": "FAD", "kad": "KAD", "clap_score": "CLAP score"}
+METRIC_NAMES = {"fad": "FAD", "kad": "KAD", "clap_score": "CLAP score", "kl_softmax": "KL (softmax)",
+                "kl_sigmoid": "KL (sigmoid)", "inception_score": "Inception Score"}
 MEMORY_KINDS = {
     "rss_peak": "peak RSS (MiB)", "allocated_peak": "peak allocated (MiB)",
     "reserved_peak": "peak reserved (MiB)", "nvml_used": "NVML used (MiB)", "weights": "weights (MiB)",
@@ -49,7 +49,7 @@ def pareto_front(x: Sequence[float], y: Sequence[float], higher_y_better: bool =
 def metric_title(column: str) -> str:
     """Readable name of a quality column, e.g. ``fad:clap`` -> ``FAD (clap)``."""
     metric, embedder = column.split(":", 1)
-    better = "higher" if HIGHER_IS_BETTER.get(metric) else "lower"
+    better = "higher" if higher_is_better(metric) else "lower"
     return f"{METRIC_NAMES.get(metric, metric)} ({embedder}), {better} is better"
 
 
@@ -93,7 +93,7 @@ def latency_quality_plot(frame: pd.DataFrame, out_dir: str | Path) -> Path | Non
     colours = _colours(sorted(set(groups)))
     for k, column in enumerate(columns):
         ax = fig.add_subplot(math.ceil(len(columns) / 3), min(len(columns), 3), k + 1)
-        higher = HIGHER_IS_BETTER[column.split(":")[0]]
+        higher = higher_is_better(column.split(":")[0])
         for group in sorted(set(groups)):
             part = frame[groups == group]
             x, y = part[LATENCY].to_numpy(float), part[column].to_numpy(float)

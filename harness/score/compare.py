@@ -22,19 +22,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness.fileio import atomic_write_text
-from harness.data.references import DEFAULT_MIN_DURATION_S, ingest_reference_folder
+from harness.data.references import DEFAULT_MIN_DURATION_S
 from harness.score.embed.cache import AudioSource, EmbeddingCache, embed_sources, embed_texts
-from harness.score.metrics import (
-    clap_scores,
-    frechet_distance,
-    gaussian_stats,
-    kernel_audio_distance,
-    median_pairwise_distance,
-    paired_bootstrap,
-    permutation_test_sets,
-)
-from harness.score.scoring import ScoreError, build_embedder, clip_loader, clip_matrix, parse_embedders, resolve_cell
+from harness.score.metrics import paired_bootstrap, permutation_test_sets
+from harness.score.metrics.registry import MetricData, metric_class
+from harness.score.reference import resolve_reference
+from harness.score.scoring import ScoreError, build_embedder, clip_loader, parse_embedders, resolve_cell
 from harness.store import inside_run, read_store, require_intact_audio
+
+# Set metrics tested by label permutation; CLAP score is tested by a paired bootstrap.
+SET_METRICS = ("fad", "kad")
 
 
 @dataclass
@@ -78,7 +75,7 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
     if a == b:
         raise ScoreError(f"cell A and cell B are the same cell ({a}); name two different cells")
     pairs = _pairs(samples, a, b)
-    ref_paths = _reference_paths(root, reference, samples, cells)
+    ref_paths = _reference_paths(root, reference, samples, [a, b])
     options = {n: {"weights": path} for n, path in (weights or {}).items()}
     if clap_model:
         options["clap"] = {"model": clap_model}
@@ -92,13 +89,19 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
         raise ScoreError(f"{len(emb.errors)} clip(s) could not be embedded, e.g. {next(iter(emb.errors.values()))}")
     result = CompareResult(a, b, reference, len(pairs))
     n = len(pairs)
+    prompts = [p["a"]["prompt_id"] for p in pairs] * 2
+    keys = [(p["a"]["prompt_id"], p["a"]["seed"]) for p in pairs] * 2
     for e in built:
-        vectors = clip_matrix(emb.embeddings[e.name])
-        xa, xb, y = vectors[:n], vectors[n:2 * n], vectors[2 * n:]
-        result.rows += _set_tests(e.name, xa, xb, y, permutations, seed)
+        arrays = emb.embeddings[e.name]
+        data = MetricData({"embedding": arrays[:2 * n]}, prompts, keys, getattr(e, "pooling", "clip-mean"),
+                          {"embedding": arrays[2 * n:]}, seed=seed)
+        result.rows += _set_tests(e.name, data, n, permutations, seed)
         if e.supports_text:
             texts = embed_texts([p["a"]["prompt"] for p in pairs], e, cache, emb)
-            result.rows.append(_clap_test(e.name, clap_scores(texts, xa), clap_scores(texts, xb), bootstrap, seed))
+            clap = metric_class("clap_score")()
+            scores = clap.per_sample(MetricData({"embedding": arrays[:2 * n]}, prompts, keys, data.pooling,
+                                                texts=np.concatenate([texts, texts])))
+            result.rows.append(_clap_test(e.name, scores[:n], scores[n:], bootstrap, seed))
     result.path = _write(root, result)
     return result
 
@@ -111,36 +114,33 @@ def _pairs(samples: list[dict[str, Any]], a: str, b: str) -> list[dict[str, dict
     return [{"a": ok[(a, p, sd)], "b": ok[(b, p, sd)]} for p, sd in keys]
 
 
-def _reference_paths(root: Path, reference: str, samples, cells) -> list[Path]:
-    if reference.startswith("cell:"):
-        ref = resolve_cell(reference[5:].strip(), cells)
-        rows = [s for s in samples if s["cell_id"] == ref and s["status"] == "ok"]
-        if len(rows) < 2:
-            raise ScoreError(f"reference cell:{ref} has {len(rows)} ok sample(s); FAD/KAD need >= 2")
+def _reference_paths(root: Path, reference: str, samples, cells: list[str]) -> list[Path]:
+    """The reference's audio files: a folder's usable clips, or a cell's ok samples (as a set)."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_cell.setdefault(s["cell_id"], []).append(s)
+    ref = resolve_reference(reference, root, by_cell, cells, DEFAULT_MIN_DURATION_S, None)
+    if ref.cell_id is not None:
+        rows = [s for s in by_cell[ref.cell_id] if s["status"] == "ok"]
         require_intact_audio(root, rows)
         return [inside_run(root, s["audio_path"]) for s in rows]
-    ref_set = ingest_reference_folder(reference, min_duration_s=DEFAULT_MIN_DURATION_S)
-    if len(ref_set.entries) < 2:
-        raise ScoreError(f"reference folder {reference} has {len(ref_set.entries)} usable clip(s); need >= 2")
-    return [ref_set.root / e.path for e in ref_set.entries]
+    return [ref.reference_set.root / e.path for e in ref.reference_set.entries]
 
 
-def _set_tests(name: str, xa: np.ndarray, xb: np.ndarray, y: np.ndarray, permutations: int,
-               seed: int) -> list[Comparison]:
-    mu_y, s_y = gaussian_stats(y)
-    bandwidth = median_pairwise_distance(y)
-
-    def fad(x, _ref):
-        mu, s = gaussian_stats(x)
-        return frechet_distance(mu, s, mu_y, s_y).value
-
-    def kad(x, ref):
-        return kernel_audio_distance(x, ref, bandwidth=bandwidth).value
-
+def _set_tests(name: str, data: MetricData, n: int, permutations: int, seed: int) -> list[Comparison]:
+    """Paired permutation tests of the registered set metrics; the reference state stays fixed."""
     out = []
-    for metric, fn in (("fad", fad), ("kad", kad)):
-        res = permutation_test_sets(xa, xb, y, fn, paired=True, n_permutations=permutations, seed=seed)
-        out.append(Comparison(name, metric, res.value_a, res.value_b, res.statistic, res.p_value,
+    rows_a, rows_b = np.arange(n)[:, None], np.arange(n, 2 * n)[:, None]
+    for metric_name in SET_METRICS:
+        metric = metric_class(metric_name)()
+        state = metric.prepare(data)
+
+        def fn(idx, _ref, metric=metric, state=state):
+            return metric.on_rows(state, data, np.ravel(idx), None)
+
+        res = permutation_test_sets(rows_a, rows_b, np.zeros((1, 1)), fn, paired=True,
+                                    n_permutations=permutations, seed=seed)
+        out.append(Comparison(name, metric_name, res.value_a, res.value_b, res.statistic, res.p_value,
                               f"paired permutation ({res.n_permutations} label swaps within pairs)"))
     return out
 

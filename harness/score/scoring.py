@@ -1,13 +1,21 @@
 """The scoring stage: a run's stored audio + embedders + metric math -> rows in the metrics table.
 
-For every cell with ok samples (or the cells asked for), and every embedder:
+For every cell with ok samples (or the cells asked for), every embedder and every registered
+metric asked for (``harness.score.metrics.registry``; default ``fad,kad,clap_score``) that the
+embedder can feed:
 
-* ``fad``: Fréchet audio distance of the cell's clips to the reference (``harness.score.metrics``);
+* ``fad``: Fréchet audio distance of the cell's clips to the reference (on ``pann``: the PANN
+  FD of audioldm_eval);
 * ``kad``: kernel audio distance to the reference, bandwidth = median pairwise distance of the
   full reference set (fixed across bootstrap resamples, so resamples share one kernel);
 * ``clap_score``: for embedders with a text encoder (``clap``, ``tiny-clap``), the mean cosine
   between each sample's audio and the text of *that sample's* prompt (rows are paired through
-  the sample rows of the store, never through file order).
+  the sample rows of the store, never through file order);
+* ``kl_softmax``, ``kl_sigmoid`` (embedders with class logits: ``pann``, ``tiny-pann``; a
+  paired reference), ``inception_score`` (logits).
+
+``protocol``: a named list of (metric, embedder, options) (``harness.score.protocols``), e.g.
+``audioldm-eval``; its rows store ``details.protocol``.
 
 The reference is a folder of audio (ingested by ``harness.data.references``: manifest and
 quarantine are written to ``<run>/scores/reference-<id>.json``) or ``cell:<id>``, another cell
@@ -16,8 +24,9 @@ and bootstrapped as pairs.
 
 Conventions, stored with every row (``details``):
 
-* One row per clip: a clip's embedding is the mean of its window embeddings (the embedder
-  documents its windows). ``n`` is the number of samples scored.
+* Set rows: a clip's embedding is the mean of its window embeddings (``pooling`` clip-mean),
+  or every window is a row of the set (``frames``: VGGish by default, as frechet-audio-distance).
+  ``n`` is the number of samples scored.
 * Confidence intervals bootstrap over *prompts*: a resample draws prompts with replacement and
   takes all scored seeds of each drawn prompt (cluster bootstrap; seeds of one prompt are not
   independent draws). FAD/KAD use ``set_metric_ci`` (percentile), CLAP score ``bootstrap_ci``
@@ -45,7 +54,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,30 +62,21 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.data.references import DEFAULT_MIN_DURATION_S, ReferenceSet, ingest_reference_folder
-from harness.score.embed.audio import Clip
+from harness.data.references import DEFAULT_MIN_DURATION_S
 from harness.score.embed.cache import AudioSource, EmbeddingCache, EmbedResult, embed_sources, embed_texts
 from harness.score.embed.registry import Embedder, EmbedderError, available, get_embedder, options_of
-from harness.score.metrics import (
-    bootstrap_ci,
-    clap_scores,
-    fad_from_embeddings,
-    fad_inf,
-    frechet_distance,
-    gaussian_stats,
-    kernel_audio_distance,
-    mahalanobis_scores,
-    median_pairwise_distance,
-    set_metric_ci,
-)
+from harness.score.metrics.frechet import FAD_INF_MIN_N, fad_extras
+from harness.score.metrics.registry import Metric, available_metrics, metric_class
+from harness.score.reference import Reference, clip_loader, resolve_cell, resolve_reference
 from harness.store import RunStore, open_store, require_intact_audio
 
-__all__ = ["METRICS", "ScoreError", "ScoreResult", "parse_embedders", "print_scores", "score_run"]
+__all__ = ["METRICS", "ScoreError", "ScoreResult", "clip_loader", "clip_matrix", "fad_extras", "parse_embedders",
+           "print_scores", "resolve_cell", "score_run", "FAD_INF_MIN_N"]
 
-METRICS = ("fad", "kad", "clap_score")
+METRICS = ("fad", "kad", "clap_score")  # the default set
 DEFAULT_BOOTSTRAP = 200
-FAD_INF_MIN_N = 50
-_POOLING = "mean of the clip's window embeddings"
+_POOLING = {"clip-mean": "mean of the clip's window embeddings",
+            "frames": "every window of every clip is a row (frechet-audio-distance)"}
 
 
 class ScoreError(HarnessError, ValueError):
@@ -97,6 +97,8 @@ class ScoreResult:
     quarantined: int = 0
     skipped_cells: dict[str, str] = field(default_factory=dict)
     cache_dir: Path | None = None
+    protocol: str | None = None
+    pairing: dict[str, Any] | None = None
 
     @property
     def computed_total(self) -> int:
@@ -116,6 +118,17 @@ def parse_embedders(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
+def parse_metrics(spec: str | Sequence[str]) -> list[str]:
+    """``"fad,kl_softmax"`` or a list -> validated registered metric names."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    valid = available_metrics()
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise ScoreError(f"unknown metric {bad[0] if bad else ''!r}; valid: {', '.join(valid)}")
+    return names
+
+
 def build_embedder(name: str, options: dict[str, Any], device: str) -> Embedder:
     """The embedder ``name`` with ``options``, on ``device`` when it takes one."""
     if "device" in options_of(name):
@@ -123,13 +136,107 @@ def build_embedder(name: str, options: dict[str, Any], device: str) -> Embedder:
     return get_embedder(name, **options)
 
 
-def resolve_cell(prefix: str, cell_ids: Sequence[str]) -> str:
-    """The one cell id starting with ``prefix``, or a ScoreError naming the candidates."""
-    matches = [c for c in cell_ids if c.startswith(prefix)]
-    if len(matches) != 1:
-        what = "no cell" if not matches else f"{len(matches)} cells"
-        raise ScoreError(f"{what} of this run match {prefix!r}; cells: {', '.join(sorted(cell_ids)) or 'none'}")
-    return matches[0]
+def clip_matrix(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """(n, dim) float64: each clip's window embeddings averaged."""
+    return np.stack([np.asarray(a, dtype=np.float64).mean(axis=0) for a in arrays])
+
+
+@dataclass
+class _Job:
+    """One embedder to build and the metrics to compute on it."""
+
+    name: str  # the embedder's registry name as built (after substitution)
+    options: dict[str, Any]
+    metrics: list[str]
+    labels: dict[str, Any] = field(default_factory=dict)  # metric -> protocol entry details
+
+
+def _plan(names: list[str], metrics: list[str], options: dict[str, dict[str, Any]], protocol: str | None,
+          substitute: dict[str, str] | None) -> tuple[list[_Job], Any]:
+    """Which embedders to build with which options, and which metrics each feeds."""
+    if protocol is None:
+        return [_Job(n, options.get(n, {}), list(metrics)) for n in names], None
+    from harness.score.protocols import get_protocol
+
+    proto = get_protocol(protocol)
+    substitute = substitute or {}
+    jobs = []
+    for emb, opts in proto.embedders().items():
+        built = substitute.get(emb, emb)
+        if built not in available():
+            raise EmbedderError(f"unknown embedder {built!r}; valid: {', '.join(available())}")
+        entries = [e for e in proto.entries if e.embedder == emb]
+        labels = {e.metric: {"name": proto.name, "version": proto.version, "label": e.label,
+                             "source_name": e.source_name, "embedder": emb,
+                             **({"substituted_by": built} if built != emb else {})} for e in entries}
+        jobs.append(_Job(built, {**opts, **options.get(built, options.get(emb, {}))}, [e.metric for e in entries], labels))
+    return jobs, proto
+
+
+def _check_jobs(jobs: list[_Job], built: list[Embedder], reference: Reference, protocol) -> None:
+    """One-line errors for metrics no selected embedder or reference can feed."""
+    for job, e in zip(jobs, built):
+        for m in job.metrics:
+            cls = metric_class(m)
+            if cls.output != "embedding" and cls.output not in e.output_dims():
+                if protocol is not None or not any(cls.output in b.output_dims() for b in built):
+                    raise ScoreError(f"{m} needs an embedder with {cls.output} (pann, tiny-pann); "
+                                     f"{e.name} has none")
+    needs_pairs = sorted({m for job in jobs for m in job.metrics if "paired_reference" in metric_class(m).needs})
+    if needs_pairs and not reference.paired:
+        who = f"protocol {protocol.key}" if protocol is not None else "metric"
+        raise ScoreError(f"{who} needs a paired reference for {', '.join(needs_pairs)} but {reference.label} is "
+                         "unpaired; pass --pair-by stem|audiocaps:CSV|manifest:CSV (or a cell: reference)")
+
+
+def _applies(metric: type[Metric], embedder: Embedder) -> bool:
+    if "text" in metric.needs and not embedder.supports_text:
+        return False
+    return metric.output == "embedding" or metric.output in embedder.output_dims()
+
+
+def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str] = ("mel",), *,
+              clap_model: str | None = None, weights: dict[str, str] | None = None,
+              device: str = "cpu", bootstrap: int = DEFAULT_BOOTSTRAP,
+              confidence: float = 0.95, seed: int = 0, cells: Sequence[str] | None = None,
+              metrics: str | Sequence[str] = METRICS, cache_dir: str | Path | None = None,
+              min_duration_s: float = DEFAULT_MIN_DURATION_S, progress: bool = False,
+              pair_by: str | None = None, protocol: str | None = None,
+              substitute: dict[str, str] | None = None) -> ScoreResult:
+    """Score a run folder's stored samples against ``reference``; see the module docstring.
+
+    ``cache_dir``: the embedding cache root (None: the user cache; ``"run"``: ``<run>/embeddings``).
+    ``weights``: embedder name -> local weights file (``pann``, ``vggish``). ``pair_by``: how
+    reference files pair with prompts (``harness.data.pairing``). ``protocol``: a protocol name;
+    it replaces ``embedders`` and ``metrics``. ``substitute``: protocol embedder -> embedder to
+    use instead (e.g. ``{"pann": "tiny-pann"}`` for tests; recorded in the rows).
+    """
+    names = parse_embedders(embedders) if protocol is None else []
+    metric_names = parse_metrics(metrics) if protocol is None else []
+    selected = names if protocol is None else None
+    if clap_model and selected is not None and "clap" not in selected:
+        raise ScoreError("--clap-model is set but the clap embedder is not selected; add --embedder ...,clap")
+    options: dict[str, dict[str, Any]] = {"clap": {"model": clap_model}} if clap_model else {}
+    for name, path in (weights or {}).items():
+        if selected is not None and name not in selected:
+            raise ScoreError(f"weights are given for {name} but the {name} embedder is not selected; "
+                             f"add --embedder ...,{name}")
+        options[name] = {"weights": path}
+    if bootstrap < 0:
+        raise ScoreError(f"--bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
+    if not 0 < confidence < 1:
+        raise ScoreError(f"confidence must be in (0, 1), got {confidence}")
+    jobs, proto = _plan(names, metric_names, options, protocol, substitute)
+    root = Path(run_dir)
+    if not (root / "run.sqlite").is_file():
+        raise ScoreError(f"{run_dir} is not a run folder (no run.sqlite); run a sweep into it first")
+    if device == "auto":
+        from harness.environment import resolve_device
+
+        device = resolve_device("auto")
+    with open_store(root) as store:
+        return _score_locked(store, reference, jobs, proto, device, bootstrap, confidence, seed, cells,
+                             cache_dir, min_duration_s, progress, pair_by)
 
 
 @dataclass
@@ -141,49 +248,9 @@ class _Group:
     source_index: list[int]  # index into the embedding sources, per row
 
 
-def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str] = ("mel",), *,
-              clap_model: str | None = None, weights: dict[str, str] | None = None,
-              device: str = "cpu", bootstrap: int = DEFAULT_BOOTSTRAP,
-              confidence: float = 0.95, seed: int = 0, cells: Sequence[str] | None = None,
-              metrics: Sequence[str] = METRICS, cache_dir: str | Path | None = None,
-              min_duration_s: float = DEFAULT_MIN_DURATION_S, progress: bool = False) -> ScoreResult:
-    """Score a run folder's stored samples against ``reference``; see the module docstring.
-
-    ``cache_dir``: the embedding cache root (None: the user cache; ``"run"``: ``<run>/embeddings``).
-    ``weights``: embedder name -> local weights file (``pann``, ``vggish``).
-    """
-    names = parse_embedders(embedders)
-    if clap_model and "clap" not in names:
-        raise ScoreError("--clap-model is set but the clap embedder is not selected; add --embedder ...,clap")
-    options: dict[str, dict[str, Any]] = {"clap": {"model": clap_model}} if clap_model else {}
-    for name, path in (weights or {}).items():
-        if name not in names:
-            raise ScoreError(f"weights are given for {name} but the {name} embedder is not selected; "
-                             f"add --embedder ...,{name}")
-        options[name] = {"weights": path}
-    bad_metrics = [m for m in metrics if m not in METRICS]
-    if bad_metrics or not metrics:
-        raise ScoreError(f"unknown metric {bad_metrics[0] if bad_metrics else ''!r}; valid: {', '.join(METRICS)}")
-    if bootstrap < 0:
-        raise ScoreError(f"--bootstrap must be >= 0 (0: no intervals), got {bootstrap}")
-    if not 0 < confidence < 1:
-        raise ScoreError(f"confidence must be in (0, 1), got {confidence}")
-    root = Path(run_dir)
-    if not (root / "run.sqlite").is_file():
-        raise ScoreError(f"{run_dir} is not a run folder (no run.sqlite); run a sweep into it first")
-    if device == "auto":
-        from harness.environment import resolve_device
-
-        device = resolve_device("auto")
-    with open_store(root) as store:
-        return _score_locked(store, reference, names, options, device, bootstrap, confidence,
-                             seed, cells, list(metrics), cache_dir, min_duration_s, progress)
-
-
-def _score_locked(store: RunStore, reference: str, names: list[str], options: dict[str, dict[str, Any]],
-                  device: str, bootstrap: int, confidence: float, seed: int,
-                  cells: Sequence[str] | None, metrics: list[str], cache_dir, min_duration_s: float,
-                  progress: bool) -> ScoreResult:
+def _score_locked(store: RunStore, reference: str, jobs: list[_Job], proto, device: str, bootstrap: int,
+                  confidence: float, seed: int, cells: Sequence[str] | None, cache_dir, min_duration_s: float,
+                  progress: bool, pair_by: str | None) -> ScoreResult:
     root = store.root
     by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in store.samples():
@@ -191,42 +258,25 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
     known = list(by_cell)
     wanted = [resolve_cell(c, known) for c in cells] if cells else known
     skipped: dict[str, str] = {}
-
-    # --- the reference
-    ref_cell: str | None = None
-    ref_set: ReferenceSet | None = None
-    report_path: Path | None = None
-    if reference.startswith("cell:"):
-        ref_cell = resolve_cell(reference[5:].strip(), known)
-        ref_label = f"cell:{ref_cell}"
-        if sum(r["status"] == "ok" for r in by_cell[ref_cell]) < 2:
-            raise ScoreError(f"reference {ref_label} has fewer than 2 ok samples")
-        if ref_cell in wanted:
-            wanted = [c for c in wanted if c != ref_cell]
-            skipped[ref_cell] = "is the reference"
-    else:
-        ref_set = ingest_reference_folder(reference, min_duration_s=min_duration_s)
-        ref_label = f"folder:{ref_set.root}"
-        report_path = ref_set.write(root / "scores" / f"reference-{ref_set.identity[:12]}.json")
-        if len(ref_set.entries) < 2:
-            raise ScoreError(
-                f"reference folder {reference} has {len(ref_set.entries)} usable clip(s) (FAD needs >= 2); "
-                f"{len(ref_set.quarantine)} quarantined, see {report_path}"
-            )
+    ref = resolve_reference(reference, root, by_cell, wanted, min_duration_s, pair_by)
+    if ref.cell_id in wanted:
+        wanted = [c for c in wanted if c != ref.cell_id]
+        skipped[ref.cell_id] = "is the reference"
 
     # --- stored audio: every file inside the run folder and unchanged since it was stored
-    require_intact_audio(root, [r for c in [*wanted, *([ref_cell] if ref_cell else [])] for r in by_cell[c]])
+    require_intact_audio(root, [r for c in [*wanted, *([ref.cell_id] if ref.cell_id else [])] for r in by_cell[c]])
 
     # --- embedders (built after the cheap checks: loading CLAP takes a while)
-    built = [build_embedder(n, options.get(n, {}), device) for n in names]
+    built = [build_embedder(j.name, j.options, device) for j in jobs]
+    _check_jobs(jobs, built, ref, proto)
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
 
     # --- sources: every ok sample of the scored cells (and the reference cell), then the folder
     sources: list[AudioSource] = []
     groups: dict[str, _Group] = {}
-    for cell_id in [*wanted, *([ref_cell] if ref_cell else [])]:
+    for cell_id in [*wanted, *([ref.cell_id] if ref.cell_id else [])]:
         ok = [r for r in by_cell[cell_id] if r["status"] == "ok"]
-        if cell_id != ref_cell and not ok:
+        if cell_id != ref.cell_id and not ok:
             skipped[cell_id] = f"no ok samples ({len(by_cell[cell_id])} failed)"
             continue
         index = []
@@ -235,12 +285,9 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
             index.append(len(sources))
             sources.append(AudioSource(str(path), clip_loader(path)))
         groups[cell_id] = _Group(ok, len(by_cell[cell_id]) - len(ok), index)
-    ref_index: list[int] = []
-    if ref_set is not None:
-        for e in ref_set.entries:
-            ref_index.append(len(sources))
-            sources.append(AudioSource(str(ref_set.root / e.path), clip_loader(ref_set.root / e.path),
-                                       e.audio_sha256))
+    if ref.cell_id:
+        ref.source_index = groups[ref.cell_id].source_index
+    ref.add_sources(sources)
 
     bar = None
     if progress:
@@ -252,38 +299,22 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
     finally:
         if bar is not None:
             bar.close()
-
-    # --- the reference's identity and rows
-    if ref_set is not None:
-        ref_id = ref_set.identity
-        bad_ref = [emb.errors[i] for i in ref_index if i in emb.errors]
-        if bad_ref:
-            raise ScoreError(f"reference clips failed to embed: {bad_ref[0]}" +
-                             (f" (and {len(bad_ref) - 1} more)" if len(bad_ref) > 1 else ""))
-        ref_info = {"kind": "folder", "root": str(ref_set.root), "n": len(ref_set.entries),
-                    "n_quarantined": len(ref_set.quarantine),
-                    "manifest": report_path.relative_to(root).as_posix()}
-    else:
-        g = groups[ref_cell]
-        keys = sorted(emb.keys[i] for i in g.source_index if emb.keys[i])
-        import hashlib
-
-        ref_id = hashlib.sha256("\n".join(keys).encode()).hexdigest()
-        ref_info = {"kind": "cell", "cell_id": ref_cell, "n": len(g.rows), "n_failed": g.failed}
+    ref.finish(emb.keys, emb.errors)
 
     rows: list[dict[str, Any]] = []
     for cell_id in wanted:
         if cell_id not in groups:
             continue
-        for e in built:
-            rows += _score_cell(cell_id, groups[cell_id], e, emb, cache, metrics, ref_set, ref_index,
-                                groups.get(ref_cell) if ref_cell else None, ref_label, ref_id, ref_info,
-                                bootstrap, confidence, seed)
+        for job, e in zip(jobs, built):
+            rows += _score_cell(cell_id, groups[cell_id], e, job, emb, cache, ref,
+                                groups.get(ref.cell_id) if ref.cell_id else None, bootstrap, confidence, seed)
     for r in rows:
         r["details"] = _json_safe(r["details"])
     store.write_metrics(rows)
-    return ScoreResult(root, ref_label, ref_id, rows, emb.computed, emb.cached, report_path,
-                       len(ref_set.quarantine) if ref_set else 0, skipped, cache.root)
+    pairing = ref.pairing.to_json(ref.reference_set) if ref.pairing else None
+    return ScoreResult(root, ref.label, ref.identity, rows, emb.computed, emb.cached, ref.report_path,
+                       len(ref.reference_set.quarantine) if ref.reference_set else 0, skipped, cache.root,
+                       proto.key if proto else None, pairing)
 
 
 def _json_safe(value: Any) -> Any:
@@ -301,53 +332,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def clip_loader(path: Path) -> Callable[[], Clip]:
-    """A loader that decodes ``path`` when called (sources are decoded only on cache misses)."""
-    return lambda: Clip.from_file(path)
-
-
-def clip_matrix(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """(n, dim) float64: each clip's window embeddings averaged."""
-    return np.stack([np.asarray(a, dtype=np.float64).mean(axis=0) for a in arrays])
-
-
-def _by_prompt(prompt_ids: Sequence[str]) -> list[np.ndarray]:
-    """Row indices per distinct prompt, in first-appearance order."""
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(prompt_ids):
-        groups.setdefault(p, []).append(i)
-    return [np.asarray(v) for v in groups.values()]
-
-
-def _rows_of(prompt_rows: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
-    return np.concatenate([prompt_rows[int(i)] for i in np.ravel(idx)])
-
-
-_SET_CI_NOTE = ("the percentile interval excludes the point estimate: resampled sets repeat clips, "
-                "which biases set metrics such as FAD upward; it shows the spread over prompt samples, "
-                "not a bias-corrected interval")
-_MEAN_CI_NOTE = "the interval excludes the point estimate (a very skewed bootstrap distribution)"
-
-
-def _ci_details(res, value: float, bootstrap: int, seed: int, note: str) -> dict[str, Any]:
-    inside = bool(res.low <= value <= res.high)
-    info = {"method": res.method, "n_resamples": bootstrap, "seed": seed, "unit": "prompts",
-            "standard_error": res.standard_error, "contains_value": inside}
-    if not inside:
-        info["note"] = note
-    return info
-
-
-def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, cache, metrics,
-                ref_set, ref_index, ref_group: _Group | None, ref_label: str, ref_id: str,
-                ref_info: dict, bootstrap: int, confidence: float, seed: int) -> list[dict[str, Any]]:
-    vectors = emb.embeddings[embedder.name]
+def _score_cell(cell_id: str, group: _Group, embedder: Embedder, job: _Job, emb: EmbedResult, cache,
+                ref: Reference, ref_group: _Group | None, bootstrap: int, confidence: float,
+                seed: int) -> list[dict[str, Any]]:
+    """The metric rows of one cell and one embedder."""
+    outputs = {"embedding": emb.embeddings[embedder.name], **emb.outputs.get(embedder.name, {})}
+    vectors = outputs["embedding"]
     usable = [k for k, i in enumerate(group.source_index) if vectors[i] is not None]
     unreadable = [emb.errors[group.source_index[k]] for k in range(len(group.rows))
                   if vectors[group.source_index[k]] is None]
     rows = [group.rows[k] for k in usable]
-    x_all = (clip_matrix([vectors[group.source_index[k]] for k in usable]) if usable
-             else np.zeros((0, embedder.dim)))
+    x = {o: [arrays[group.source_index[k]] for k in usable] for o, arrays in outputs.items()}
+    x_all = clip_matrix(x["embedding"]) if usable else np.zeros((0, embedder.dim))
 
     flags = Counter(f for r in rows for f in json.loads(r["flags"] or "[]"))
     degenerate = []
@@ -355,14 +351,18 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
         degenerate.append("all_silent")
     if len(rows) >= 2 and float(np.max(np.ptp(x_all, axis=0))) == 0.0:
         degenerate.append("constant_embeddings")
+    pooling = getattr(embedder, "pooling", "clip-mean")
     base = {
         "embedder_identity": embedder.identity(), "embedder_source": embedder.source(),
-        "reference": ref_info, "n_failed": group.failed, "n_unreadable": len(unreadable),
-        "unreadable": unreadable[:20], "flags": dict(flags), "pooling": _POOLING,
+        "reference": ref.info, "n_failed": group.failed, "n_unreadable": len(unreadable),
+        "unreadable": unreadable[:20], "flags": dict(flags), "pooling": _POOLING[pooling],
         "confidence": confidence,
     }
+    data, matching = ref.metric_data(rows, x, outputs, ref_group.rows if ref_group else None, pooling, seed)
 
-    def row(metric, value, n, details, low=None, high=None, reference=ref_label, reference_id=ref_id):
+    def row(metric, value, n, details, low=None, high=None, reference=ref.label, reference_id=ref.identity):
+        if metric in job.labels:
+            details = {**details, "protocol": job.labels[metric]}
         return {"cell_id": cell_id, "metric": metric, "embedder": embedder.name,
                 "embedder_id": embedder.identity_key, "reference": reference, "reference_id": reference_id,
                 "value": value, "ci_low": low, "ci_high": high,
@@ -370,131 +370,48 @@ def _score_cell(cell_id, group: _Group, embedder: Embedder, emb: EmbedResult, ca
                 "details": {**base, **details}}
 
     out = []
-    set_metrics = [m for m in metrics if m in ("fad", "kad")]
-    if set_metrics:
-        if ref_group is not None:  # baseline cell: only (prompt, seed) pairs both cells have
-            ref_vectors = {(r["prompt_id"], r["seed"]): vectors[i]
-                           for r, i in zip(ref_group.rows, ref_group.source_index) if vectors[i] is not None}
-            pairs = [(k, r) for k, r in zip(usable, rows) if (r["prompt_id"], r["seed"]) in ref_vectors]
-            x = x_all[[usable.index(k) for k, _ in pairs]] if pairs else np.zeros((0, embedder.dim))
-            y = clip_matrix([ref_vectors[(r["prompt_id"], r["seed"])] for _, r in pairs]) if pairs else x
-            prompts = [r["prompt_id"] for _, r in pairs]
-            keys = [(r["prompt_id"], r["seed"]) for _, r in pairs]
-            extra = {"paired": True, "n_unmatched": len(rows) - len(pairs)}
-        else:
-            x, prompts = x_all, [r["prompt_id"] for r in rows]
-            keys = [(r["prompt_id"], r["seed"]) for r in rows]
-            y = clip_matrix([vectors[i] for i in ref_index])
-            extra = {"paired": False}
-        n = x.shape[0]
-        caveats = []
-        if 2 <= n <= embedder.dim:
-            caveats.append("rank_deficient")  # n <= dim: singular covariance, FAD strongly n-dependent
-        for metric in set_metrics:
-            details = {**extra, "n_reference": int(y.shape[0]), "n_prompts": len(set(prompts)),
-                       "degenerate": degenerate, "caveats": caveats}
-            try:
-                value, low, high, more = _set_metric(metric, x, y, prompts, extra["paired"], bootstrap,
-                                                     confidence, seed)
-                details.update(more)
-                if metric == "fad":
-                    details.update(_fad_extras_or_error(x, y, keys, seed))
-            except ValueError as err:
-                value, low, high = None, None, None
-                details["error"] = str(err)
-            out.append(row(metric, value, n, details, low, high))
-
-    if "clap_score" in metrics and embedder.supports_text:
-        details = {"n_prompts": len({r["prompt_id"] for r in rows}), "degenerate": degenerate,
-                   "reference": {"kind": "prompts", "pairing": "each sample's own prompt"}}
-        value = low = high = None
-        try:
-            if not rows:
-                raise ValueError("no samples to score")
-            texts = embed_texts([r["prompt"] for r in rows], embedder, cache, emb)
-            scores = clap_scores(texts, x_all)
-            value = float(np.mean(scores))
-            details["per_sample"] = [[r["prompt_id"], r["seed"], round(float(s), 6)] for r, s in zip(rows, scores)]
-            details["std"] = float(np.std(scores))
-            per_prompt = _by_prompt([r["prompt_id"] for r in rows])
-            if bootstrap and len(per_prompt) >= 2:
-                def mean_of(idx):
-                    return float(np.mean(scores[_rows_of(per_prompt, idx)]))
-
-                res = bootstrap_ci(np.arange(len(per_prompt), dtype=np.float64), mean_of,
-                                   confidence=confidence, n_resamples=bootstrap, seed=seed)
-                low, high = res.low, res.high
-                details["ci"] = _ci_details(res, value, bootstrap, seed, _MEAN_CI_NOTE)
-            elif bootstrap:
-                details["ci"] = {"error": "a bootstrap over prompts needs >= 2 prompts"}
-        except ValueError as err:
-            details["error"] = str(err)
-        out.append(row("clap_score", value, len(rows), details, low, high,
-                       reference="prompts", reference_id="prompts"))
+    for name in job.metrics:
+        metric = metric_class(name)()
+        if not _applies(metric, embedder):
+            continue
+        if "text" in metric.needs:
+            texts = embed_texts([r["prompt"] for r in rows], embedder, cache, emb) if rows else None
+            d = type(data)(x, [r["prompt_id"] for r in rows], [(r["prompt_id"], r["seed"]) for r in rows],
+                           pooling, texts=texts, seed=seed)
+            res = metric.evaluate(d, bootstrap, confidence, seed)
+            details = {"n_prompts": len({r["prompt_id"] for r in rows}), "degenerate": degenerate,
+                       "reference": {"kind": "prompts", "pairing": "each sample's own prompt"}, **res.details}
+            out.append(row(name, res.value, len(rows), details, res.low, res.high,
+                           reference="prompts", reference_id="prompts"))
+            continue
+        d, extra = data, dict(matching)
+        reference_id = ref.identity
+        if "paired_reference" in metric.needs:
+            d, extra = _paired_only(data, extra)
+            reference_id = ref.paired_identity
+        res = metric.evaluate(d, bootstrap, confidence, seed)
+        details = {**extra, "n_prompts": len(set(d.prompts)), "degenerate": degenerate}
+        if "reference" in metric.needs or "paired_reference" in metric.needs:
+            n_rows = d.rows(d.x[metric.output]).shape[0] if d.n else 0
+            n_ref = len(d.y[metric.output]) if d.y else 0
+            caveats = ["rank_deficient"] if metric.kind == "set" and 2 <= n_rows <= embedder.dim else []
+            details = {**extra, "n_reference": n_ref, "n_prompts": len(set(d.prompts)), "degenerate": degenerate,
+                       "caveats": caveats}
+        out.append(row(name, res.value, d.n, {**details, **res.details}, res.low, res.high,
+                       reference_id=reference_id))
     return out
 
 
-def _fad_extras_or_error(x: np.ndarray, y: np.ndarray, keys: list[tuple[str, int]], seed: int) -> dict[str, Any]:
-    # Side figures: when they cannot be computed the FAD itself still stands.
-    try:
-        return fad_extras(x, y, keys, seed)
-    except ValueError as err:
-        return {"extras_error": str(err)}
-
-
-def fad_extras(x: np.ndarray, y: np.ndarray, keys: list[tuple[str, int]], seed: int = 0) -> dict[str, Any]:
-    """Per-sample outlier scores against the reference Gaussian, and FAD-inf when n allows."""
-    mu_y, s_y = gaussian_stats(y)
-    scores = mahalanobis_scores(x, mu_y, s_y)
-    out: dict[str, Any] = {"per_sample_outlier": [[p, s, round(float(v), 6)] for (p, s), v in zip(keys, scores)]}
-    if x.shape[0] >= FAD_INF_MIN_N:
-        res = fad_inf(x, y, seed=seed)
-        out["fad_inf"] = {"value": res.value, "slope": res.slope, "r2": res.r2, "ns": list(res.ns)}
-    else:
-        out["fad_inf"] = {"skipped": f"needs >= {FAD_INF_MIN_N} scored samples; have {x.shape[0]}"}
-    return out
-
-
-def _set_metric(metric: str, x: np.ndarray, y: np.ndarray, prompts: list[str], paired: bool,
-                bootstrap: int, confidence: float, seed: int):
-    """(value, ci_low, ci_high, details) of FAD or KAD, bootstrapped over prompts."""
-    if x.shape[0] < 2 or y.shape[0] < 2:
-        raise ValueError(f"{metric} needs >= 2 samples and >= 2 reference clips; "
-                         f"have {x.shape[0]} and {y.shape[0]}")
-    per_prompt = _by_prompt(prompts)
-    details: dict[str, Any] = {}
-    if metric == "fad":
-        res = fad_from_embeddings(x, y)
-        value = res.value
-        details.update({"raw_value": res.raw_value, "rank": res.rank, "dim": res.dim,
-                        "condition": res.condition, "method": res.method, "warnings": list(res.warnings)})
-        mu_y, s_y = gaussian_stats(y)
-
-        def fn(ix, iy):
-            xs = x[_rows_of(per_prompt, ix)]
-            if paired:
-                return fad_from_embeddings(xs, y[_rows_of(per_prompt, iy)]).value
-            mu_x, s_x = gaussian_stats(xs)
-            return frechet_distance(mu_x, s_x, mu_y, s_y).value
-    else:
-        bandwidth = median_pairwise_distance(y)
-        res = kernel_audio_distance(x, y, bandwidth=bandwidth)
-        value = res.value
-        details.update({"bandwidth": bandwidth, "scale": res.scale})
-
-        def fn(ix, iy):
-            ys = y[_rows_of(per_prompt, iy)] if paired else y
-            return kernel_audio_distance(x[_rows_of(per_prompt, ix)], ys, bandwidth=bandwidth).value
-    low = high = None
-    if bootstrap and len(per_prompt) >= 2:
-        units = np.arange(len(per_prompt))[:, None]
-        ci = set_metric_ci(units, units, fn, paired=True, confidence=confidence,
-                           n_resamples=bootstrap, seed=seed)
-        low, high = ci.low, ci.high
-        details["ci"] = _ci_details(ci, value, bootstrap, seed, _SET_CI_NOTE)
-    elif bootstrap:
-        details["ci"] = {"error": "a bootstrap over prompts needs >= 2 prompts"}
-    return value, low, high, details
+def _paired_only(data, extra: dict[str, Any]):
+    """The samples that have a paired reference clip (aligned cells already are)."""
+    if data.aligned or data.pair is None:
+        return data, extra
+    keep = [i for i, j in enumerate(data.pair) if j is not None]
+    sub = type(data)({o: [a[i] for i in keep] for o, a in data.x.items()}, [data.prompts[i] for i in keep],
+                     [data.keys[i] for i in keep], data.pooling, data.y, pair=[data.pair[i] for i in keep],
+                     seed=data.seed)
+    unmatched = sorted({data.prompts[i] for i, j in enumerate(data.pair) if j is None})
+    return sub, {**extra, "paired": True, "n_unmatched": data.n - len(keep), "unmatched_prompts": unmatched[:50]}
 
 
 def print_scores(result: ScoreResult) -> None:
@@ -518,10 +435,19 @@ def print_scores(result: ScoreResult) -> None:
         if d.get("ci", {}).get("contains_value") is False:
             notes.append("CI excludes value")
         ref = r["reference"] if r["reference"] == "prompts" else r["reference_id"][:12]
-        table.add_row(r["cell_id"], r["metric"], r["embedder"], ref, value, ci, str(r["n"]), ", ".join(notes))
+        proto = d.get("protocol")
+        metric = f"{r['metric']} ({proto['label']})" if proto else r["metric"]
+        table.add_row(r["cell_id"], metric, r["embedder"], ref, value, ci, str(r["n"]), ", ".join(notes))
     console.print(table)
     for cell_id, why in result.skipped_cells.items():
         console.print(f"cell {cell_id} not scored: {why}", highlight=False)
+    if result.protocol:
+        console.print(f"protocol {result.protocol} (stored with every row as details.protocol)", highlight=False)
+    if result.pairing:
+        p = result.pairing
+        console.print(f"pairing {p['rule']}: {p['n_matched']} prompt(s) paired; {p['n_unmatched_prompts']} prompt(s) "
+                      f"without a reference clip, {p['n_unmatched_files']} reference file(s) without a prompt "
+                      "(listed in the reference report)", highlight=False, soft_wrap=True)
     if result.reference_report is not None:
         q = f", {result.quarantined} file(s) quarantined" if result.quarantined else ""
         console.print(f"reference manifest{q}: {result.reference_report}", highlight=False, soft_wrap=True)

@@ -3,10 +3,11 @@
 * ``registry``: ``Embedder`` base class, ``register``, ``get_embedder(name, **options)``,
   ``available()``. Embedders: ``mel`` (weight-free log-mel statistics), ``clap`` (LAION CLAP
   as laion_clap 1.1.7 computes it; transformers ``ClapModel``, default laion/clap-htsat-fused),
-  ``clap-window`` (the earlier window-average CLAP rule), ``pann``, ``vggish``, and ``tiny-*``
-  variants (random weights, built offline, for tests).
+  ``clap-window`` (the earlier window-average CLAP rule), ``pann`` (CNN14, with its AudioSet
+  logits as an extra output), ``vggish``, and ``tiny-*`` variants (random weights, built
+  offline, for tests).
 * ``audio``: decoding to mono float32, content hashes, soxr resampling (once per rate per clip).
-* ``cache``: embeddings stored as .npy files keyed by (audio content sha256, embedder identity),
+* ``cache``: embeddings (and extra outputs) stored as .npy files keyed by (audio content sha256, embedder identity),
   and ``embed_sources``, which feeds one decode/resample pass to several embedders.
 
 Nothing here knows about the run store; ``harness.score.scoring`` wires it to runs and metrics.

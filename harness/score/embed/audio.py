@@ -55,3 +55,21 @@ class Clip:
             out = soxr.resample(self.samples, self.sample_rate, rate, quality=RESAMPLER["quality"])
             self._resampled[rate] = np.ascontiguousarray(out, dtype=np.float32)
         return self._resampled[rate]
+
+
+def pcm16_round_trip(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``samples`` as written to a 16-bit PCM WAV by soundfile and read back as int16 / 32768.
+
+    This is what audio saved the way AudioLDM saves it (``soundfile.write``'s default subtype)
+    holds, and what audioldm_eval reads (``soundfile.read(dtype="int16") / 32768``); the
+    round trip goes through libsndfile itself, so its rounding and clipping are the same.
+    """
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(samples, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16")
+    buf.seek(0)
+    ints, _ = sf.read(buf, dtype="int16")
+    return (ints.astype(np.float64) / 32768.0).astype(np.float32)

@@ -2,6 +2,8 @@
 
 Cache layout: ``<root>/<identity_key>/<sha[:2]>/<sha>.npy`` per audio clip (float32,
 (n_windows, dim)) and ``<root>/<identity_key>/text/<sha[:2]>/<sha>.npy`` per text ((dim,)),
+``<root>/<identity_key>/<output>/<sha[:2]>/<sha>.npy`` per extra output of a clip (e.g. PANN's
+``logits``, (1, 527)),
 where ``sha`` is the clip's content hash (``harness.score.embed.audio.content_sha256``: decoded
 float samples + rate, never the path) or the sha256 of the UTF-8 text, and ``identity_key``
 digests the embedder's identity (name, code version, weights checksum, preprocessing). So a
@@ -54,8 +56,8 @@ class EmbeddingCache:
         self._noted: set[str] = set()
 
     def path(self, identity_key: str, key: str, kind: str = "audio") -> Path:
-        """Where the embedding of ``key`` (content sha256) lives."""
-        base = self.root / identity_key / ("text" if kind == "text" else "")
+        """Where the embedding of ``key`` (content sha256) lives; ``kind``: audio, text or an extra output."""
+        base = self.root / identity_key / ("" if kind == "audio" else kind)
         return base / key[:2] / f"{key}.npy"
 
     def get(self, embedder: Embedder, key: str, kind: str = "audio") -> np.ndarray | None:
@@ -65,7 +67,8 @@ class EmbeddingCache:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             arr = None
-        if arr is not None and (arr.shape[-1] != embedder.dim or not np.isfinite(arr).all()):
+        width = embedder.dim if kind in ("audio", "text") else embedder.output_dims().get(kind)
+        if arr is not None and (arr.shape[-1] != width or not np.isfinite(arr).all()):
             arr = None  # written by something else under this key: recompute
         if arr is None:
             self.misses += 1
@@ -108,6 +111,8 @@ class EmbedResult:
     embeddings: dict[str, list[np.ndarray | None]]
     keys: list[str | None]  # content hash per source
     errors: dict[int, str]  # source index -> why it could not be embedded
+    # embedder name -> extra output name (e.g. "logits") -> one array per source, None where it failed
+    outputs: dict[str, dict[str, list[np.ndarray | None]]] = field(default_factory=dict)
     computed: Counter = field(default_factory=Counter)  # embedder name -> clips embedded now
     cached: Counter = field(default_factory=Counter)  # embedder name -> clips read from cache
 
@@ -123,7 +128,8 @@ def embed_sources(sources: Sequence[AudioSource], embedders: Sequence[Embedder],
     entry in ``errors`` and None embeddings; the others are unaffected.
     """
     n = len(sources)
-    result = EmbedResult({e.name: [None] * n for e in embedders}, [s.key for s in sources], {})
+    result = EmbedResult({e.name: [None] * n for e in embedders}, [s.key for s in sources], {},
+                         outputs={e.name: {o: [None] * n for o in e.output_dims()} for e in embedders})
     for start in range(0, n, chunk):
         todo: dict[str, list[tuple[int, Clip]]] = {e.name: [] for e in embedders}
         for i in range(start, min(start + chunk, n)):
@@ -153,13 +159,17 @@ def embed_sources(sources: Sequence[AudioSource], embedders: Sequence[Embedder],
             items = todo[e.name]
             for b in range(0, len(items), e.batch_size):
                 batch = items[b:b + e.batch_size]
-                outs = e.embed_audio([clip.at_rate(e.sample_rate) for _, clip in batch])
-                for (i, clip), arr in zip(batch, outs):
+                outs, extras = e.embed_audio_outputs([clip.at_rate(e.sample_rate) for _, clip in batch])
+                for j, ((i, clip), arr) in enumerate(zip(batch, outs)):
                     arr = np.asarray(arr, dtype=np.float32)
                     result.embeddings[e.name][i] = arr
                     result.computed[e.name] += 1
+                    for output, arrays in extras.items():
+                        result.outputs[e.name][output][i] = np.asarray(arrays[j], dtype=np.float32)
                     if cache is not None:
                         cache.put(e, clip.sha256, arr)
+                        for output, arrays in extras.items():
+                            cache.put(e, clip.sha256, arrays[j], kind=output)
         if progress is not None:
             progress(min(start + chunk, n) - start)
     return result
@@ -170,10 +180,13 @@ def _lookup(cache: EmbeddingCache, embedders: list[Embedder], key: str, i: int,
     missing = []
     for e in embedders:
         arr = cache.get(e, key)
-        if arr is None:
-            missing.append(e)
+        extras = {o: cache.get(e, key, kind=o) for o in e.output_dims()} if arr is not None else {}
+        if arr is None or any(v is None for v in extras.values()):
+            missing.append(e)  # every output is recomputed together
         else:
             result.embeddings[e.name][i] = arr
+            for o, v in extras.items():
+                result.outputs[e.name][o][i] = v
             result.cached[e.name] += 1
     return missing
 

@@ -59,6 +59,10 @@ class Embedder(ABC):
     window_s: float
     hop_s: float
     batch_size: int = 16  # clips (or windows, see the class) per forward pass
+    # How set metrics (FAD, KAD) turn a clip's window rows into set rows: "clip-mean" (one row
+    # per clip) or "frames" (every window row of every clip, as frechet-audio-distance pools
+    # VGGish). Embedders whose pooling can change record it in ``preprocessing()``.
+    pooling: str = "clip-mean"
 
     @property
     @abstractmethod
@@ -77,6 +81,14 @@ class Embedder(ABC):
     @abstractmethod
     def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Embed mono float32 clips at ``sample_rate``: one (n_windows, dim) float32 array each."""
+
+    def output_dims(self) -> dict[str, int]:
+        """Extra per-clip outputs beside the embedding (e.g. PANN's ``logits``): name -> width."""
+        return {}
+
+    def embed_audio_outputs(self, clips: Sequence[np.ndarray]) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+        """The embeddings and every extra output of ``clips`` (one (n_windows, width) array per clip each)."""
+        return self.embed_audio(clips), {}
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts: (n, dim) float32. Only for embedders with ``supports_text``."""

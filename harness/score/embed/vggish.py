@@ -16,6 +16,17 @@ Window rule (fixed): examples start every 0.96 s while a whole one fits; the rem
 clip is dropped, as VGGish does. A clip too short for one example is zero-padded at its end to
 one example (VGGish would return nothing). One embedding row per example.
 
+Pooling (option ``pooling``): ``frames`` (default) pools every 0.96 s example of every clip of
+a set into one set of rows before FAD/KAD, as frechet-audio-distance and audioldm_eval do;
+``clip-mean`` averages each clip's examples into one row first (the harness's rule before
+issue 10; not comparable with those tools). The pooling is part of the identity.
+
+Front ends (option ``frontend``): ``frechet-audio-distance`` (default: the float samples) or
+``audioldm-eval``: the clip as a 16-bit PCM file holds it (``pcm16_round_trip``), which is what
+audioldm_eval 0.0.3 reads (``soundfile.read(dtype="int16") / 32768``). Note that audioldm_eval
+reading a *float* WAV that way gets the raw floats truncated to integers (nearly all zeros):
+its VGGish FAD only means something on 16-bit PCM files, which is what AudioLDM writes.
+
 ``tiny-vggish`` is the same structure with narrow random layers (seeded), for tests.
 """
 
@@ -31,7 +42,7 @@ if TYPE_CHECKING:
     import torch
 
 from harness.score.embed._torch import TorchEmbedder
-from harness.score.embed.audio import RESAMPLER
+from harness.score.embed.audio import RESAMPLER, pcm16_round_trip
 from harness.score.embed.registry import EmbedderError, register
 
 __all__ = ["TinyVggishEmbedder", "VggishEmbedder", "build_vggish", "vggish_examples", "vggish_mel_matrix"]
@@ -41,6 +52,8 @@ WEIGHTS_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1
 FRONT_END = {"sample_rate": 16000, "frame_length": 400, "hop_length": 160, "n_fft": 512, "n_mels": 64,
              "fmin": 125.0, "fmax": 7500.0, "log_offset": 0.01, "example_frames": 96}
 FULL_WIDTHS = (64, 128, 256, 512, 4096)
+POOLINGS = ("frames", "clip-mean")
+FRONTENDS = ("frechet-audio-distance", "audioldm-eval")
 _MISSING = (f"vggish: weights file {{path}} not found. On a machine with network: wget -O '{{path}}' '{WEIGHTS_URL}' "
             "(or run torch.hub.load('harritaylor/torchvggish', 'vggish') once), then copy the file here; or pass "
             "--vggish-weights PATH")
@@ -115,14 +128,24 @@ class _VggishBase(TorchEmbedder):
     hop_s = 0.96
     batch_size = 64  # examples per forward pass
 
+    frontend = FRONTENDS[0]
+
+    def _set_options(self, pooling: str, frontend: str) -> None:
+        if pooling not in POOLINGS:
+            raise EmbedderError(f"{self.name}: unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+        if frontend not in FRONTENDS:
+            raise EmbedderError(f"{self.name}: unknown frontend {frontend!r}; valid: {', '.join(FRONTENDS)}")
+        self.pooling, self.frontend = pooling, frontend
+
     def output_features(self, model) -> int:
         return model.embeddings[-1].out_features
 
     def preprocessing(self) -> dict[str, Any]:
+        extra = {} if self.frontend == FRONTENDS[0] else {"frontend": self.frontend, "input": "16-bit PCM round trip"}
         return {**FRONT_END, "window": "hann-periodic", "spectrum": "magnitude", "mel_scale": "htk (1127 ln)",
                 "log": "log(mel + 0.01)", "window_rule": "0.96 s examples from 0, remainder dropped; "
                 "short clips zero-padded to one", "embedding": "raw last linear layer (no PCA, no ReLU)",
-                "mono": "mean of channels", "resampler": RESAMPLER}
+                "mono": "mean of channels", "resampler": RESAMPLER, "pooling": self.pooling, **extra}
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -131,6 +154,8 @@ class _VggishBase(TorchEmbedder):
         for clip in clips:
             if clip.size == 0:
                 raise EmbedderError(f"{self.name}: cannot embed an empty clip")
+            if self.frontend == "audioldm-eval":
+                clip = pcm16_round_trip(clip, self.sample_rate)
             per_clip.append(vggish_examples(clip))
         examples = np.concatenate(per_clip) if per_clip else np.zeros((0, 96, 64))
         rows = []
@@ -158,7 +183,9 @@ class VggishEmbedder(_VggishBase):
     description = "VGGish, 128-d per 0.96 s (weights: torchvggish vggish-10086976.pth, torch hub cache)"
     version = "1"
 
-    def __init__(self, weights: str | None = None, device: str = "cpu") -> None:
+    def __init__(self, weights: str | None = None, device: str = "cpu", pooling: str = POOLINGS[0],
+                 frontend: str = FRONTENDS[0]) -> None:
+        self._set_options(pooling, frontend)
         self._from_file(Path(weights or default_weights_path()), build_vggish, device, _MISSING, ignore=("pproc.",))
 
 
@@ -170,5 +197,7 @@ class TinyVggishEmbedder(_VggishBase):
     description = "random-weight narrow VGGish (tests; embeddings are meaningless)"
     version = "1"
 
-    def __init__(self, seed: int = 0, device: str = "cpu") -> None:
+    def __init__(self, seed: int = 0, device: str = "cpu", pooling: str = POOLINGS[0],
+                 frontend: str = FRONTENDS[0]) -> None:
+        self._set_options(pooling, frontend)
         self._random(seed, lambda: build_vggish(widths=(4, 8, 8, 8, 32), dim=16), device)

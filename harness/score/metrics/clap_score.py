@@ -71,3 +71,31 @@ class CLAPScore:
         if not self._scores:
             raise ValueError("CLAPScore.compute() called before any update()")
         return float(np.mean(self.scores()))
+
+
+# --- the registered metric (harness.score.metrics.registry) -----------------------------------
+
+from harness.score.metrics.registry import Metric, MetricData, register  # noqa: E402
+
+
+@register
+class CLAPScoreMetric(Metric):
+    """Mean cosine of each sample's audio and the text of its own prompt (paired by sample rows)."""
+
+    name = "clap_score"
+    description = "CLAP score: cosine of each sample's audio embedding and its own prompt's text embedding"
+    formula = "mean_i cos(text(prompt_i), audio_i), raw cosine in [-1, 1]"
+    needs = frozenset({"embeddings", "text"})
+    kind = "mean"
+    higher_is_better = True
+
+    def check(self, data: MetricData) -> None:
+        if data.n == 0:
+            raise ValueError("no samples to score")
+
+    def per_sample(self, data: MetricData) -> np.ndarray:
+        return clap_scores(data.texts, data.rows(data.x[self.output]))
+
+    def details(self, scores, data: MetricData) -> dict:
+        return {"per_sample": [[p, s, round(float(v), 6)] for (p, s), v in zip(data.keys, scores)],
+                "std": float(np.std(scores))}

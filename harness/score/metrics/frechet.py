@@ -478,3 +478,70 @@ def mahalanobis_scores(
         raise ValueError("sigma has no eigenvalue above rcond * max; nothing to whiten with")
     z = ((xa - m) @ v[:, keep]) / np.sqrt(w[keep])
     return np.sqrt(np.sum(z * z, axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered metric (harness.score.metrics.registry)
+# ---------------------------------------------------------------------------------------------
+
+from harness.score.metrics.registry import Metric, MetricData, register  # noqa: E402
+
+FAD_INF_MIN_N = 50
+
+
+def fad_extras(x: np.ndarray, y: np.ndarray, keys: list[tuple[str, int]], seed: int = 0,
+               owners: np.ndarray | None = None) -> dict:
+    """Per-sample outlier scores against the reference Gaussian, and FAD-inf when n allows.
+
+    ``owners`` (frame pooling): the sample index of each row of ``x``; a sample's score is then
+    the mean over its rows.
+    """
+    mu_y, s_y = gaussian_stats(y)
+    scores = mahalanobis_scores(x, mu_y, s_y)
+    if owners is not None:
+        scores = np.bincount(owners, weights=scores, minlength=len(keys)) / np.bincount(owners, minlength=len(keys))
+    out: dict = {"per_sample_outlier": [[p, s, round(float(v), 6)] for (p, s), v in zip(keys, scores)]}
+    if x.shape[0] >= FAD_INF_MIN_N:
+        res = fad_inf(x, y, seed=seed)
+        out["fad_inf"] = {"value": res.value, "slope": res.slope, "r2": res.r2, "ns": list(res.ns)}
+    else:
+        out["fad_inf"] = {"skipped": f"needs >= {FAD_INF_MIN_N} scored samples; have {x.shape[0]}"}
+    return out
+
+
+@register
+class FADMetric(Metric):
+    """Fréchet distance between Gaussians fitted to the samples' and the reference's rows."""
+
+    name = "fad"
+    description = "Fréchet audio distance to the reference set (on pann: audioldm_eval's FD)"
+    formula = "|mu_x - mu_y|^2 + tr(S_x) + tr(S_y) - 2 tr sqrt(S_x S_y); ddof=1 covariances, float64"
+
+    def prepare(self, data: MetricData):
+        x, y = data.rows(data.x[self.output]), data.rows(data.y[self.output])
+        return {"x": x, "y": y, "ref": None if data.aligned else gaussian_stats(y),
+                "full": fad_from_embeddings(x, y)}
+
+    def on_rows(self, state, data: MetricData, samples, reference) -> float:
+        if samples.size == data.n and (reference is None or reference.size == data.n) and \
+                np.array_equal(samples, np.arange(data.n)):
+            return state["full"].value
+        xs = data.rows(data.x[self.output], samples)
+        if reference is not None:
+            return fad_from_embeddings(xs, data.rows(data.y[self.output], reference)).value
+        mu_x, s_x = gaussian_stats(xs)
+        return frechet_distance(mu_x, s_x, *state["ref"]).value
+
+    def details(self, state, data: MetricData) -> dict:
+        res = state["full"]
+        out = {"raw_value": res.raw_value, "rank": res.rank, "dim": res.dim, "condition": res.condition,
+               "method": res.method, "warnings": list(res.warnings)}
+        owners = None
+        if data.pooling == "frames":
+            owners = np.concatenate([np.full(np.asarray(a).reshape(-1, np.shape(a)[-1]).shape[0], i)
+                                     for i, a in enumerate(data.x[self.output])])
+        try:  # side figures: when they cannot be computed the FAD itself still stands
+            out.update(fad_extras(state["x"], state["y"], data.keys, data.seed, owners))
+        except ValueError as err:
+            out["extras_error"] = str(err)
+        return out

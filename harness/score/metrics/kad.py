@@ -164,3 +164,29 @@ class KernelAudioDistance:
             np.concatenate(self.fake), np.concatenate(self.real),
             bandwidth=self.bandwidth, scale=self.scale,
         )
+
+
+# --- the registered metric (harness.score.metrics.registry) -----------------------------------
+
+from harness.score.metrics.registry import Metric, MetricData, register  # noqa: E402
+
+
+@register
+class KADMetric(Metric):
+    """Kernel audio distance; the bandwidth is the reference's median distance, fixed across resamples."""
+
+    name = "kad"
+    description = "kernel audio distance to the reference set (unbiased MMD^2 x 1000, Gaussian kernel)"
+    formula = "1000 * MMD^2_u, k(a, b) = exp(-|a-b|^2 / (2 h^2)), h = median pairwise distance of the reference"
+
+    def prepare(self, data: MetricData):
+        y = data.rows(data.y[self.output])
+        return {"y": y, "bandwidth": median_pairwise_distance(y)}
+
+    def on_rows(self, state, data: MetricData, samples, reference) -> float:
+        ys = state["y"] if reference is None else data.rows(data.y[self.output], reference)
+        return kernel_audio_distance(data.rows(data.x[self.output], samples), ys,
+                                     bandwidth=state["bandwidth"]).value
+
+    def details(self, state, data: MetricData) -> dict:
+        return {"bandwidth": state["bandwidth"], "scale": DEFAULT_SCALE}
