@@ -244,7 +244,7 @@ def compare(out: Path) -> None:
                        weights={"pann": str(out / "ckpt" / "Cnn14_16k_mAP=0.438.pth"), "vggish": str(out / "vggish.pth")},
                        pair_by="stem", bootstrap=0, cache_dir=out / "cache")
     rows = {(r["metric"], r["embedder"]): r for r in result.rows}
-    print(f"| figure | harness | audioldm_eval 0.0.3 | relative difference |\n|---|---|---|---|")
+    print("| figure | harness | audioldm_eval 0.0.3 | relative difference |\n|---|---|---|---|")
     for label, metric, embedder, key in FIGURES:
         ours, ref = rows[(metric, embedder)]["value"], theirs[key]
         print(f"| {label} ({metric} on {embedder}) | {ours:.9g} | {ref:.9g} | {abs(ours - ref) / abs(ref):.2g} |")

@@ -32,8 +32,6 @@ import pandas as pd
 from harness.stages import STAGES, TOTAL
 from harness.store import inside_run, read_store
 
-STAGES = ("encode", "denoise", "vae_decode", "vocoder", "rerank")
-TOTAL = "total"
 QUALITY_METRICS = ("fad", "kad", "clap_score")  # the default set; every registered metric is a quality figure
 
 

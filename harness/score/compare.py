@@ -27,7 +27,7 @@ from harness.score.embed.cache import AudioSource, EmbeddingCache, embed_sources
 from harness.score.metrics import paired_bootstrap, permutation_test_sets
 from harness.score.metrics.registry import MetricData, metric_class
 from harness.score.reference import resolve_reference
-from harness.score.scoring import ScoreError, build_embedder, clip_loader, parse_embedders, resolve_cell
+from harness.score.scoring import CLAP_EMBEDDERS, ScoreError, build_embedder, clip_loader, parse_embedders, resolve_cell
 from harness.store import inside_run, read_store, require_intact_audio
 
 # Set metrics tested by label permutation; CLAP score is tested by a paired bootstrap.
@@ -78,7 +78,7 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
     ref_paths = _reference_paths(root, reference, samples, [a, b])
     options = {n: {"weights": path} for n, path in (weights or {}).items()}
     if clap_model:
-        options["clap"] = {"model": clap_model}
+        options.update({n: {"model": clap_model} for n in CLAP_EMBEDDERS})
     built = [build_embedder(n, options.get(n, {}), device) for n in parse_embedders(embedders)]
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
     rows = [p["a"] for p in pairs] + [p["b"] for p in pairs]

@@ -79,6 +79,8 @@ _POOLING = {"clip-mean": "mean of the clip's window embeddings",
             "frames": "every window of every clip is a row (frechet-audio-distance)"}
 
 
+CLAP_EMBEDDERS = ("clap", "clap-window")  # the embedders --clap-model applies to
+
 class ScoreError(HarnessError, ValueError):
     """Scoring cannot proceed as asked; the message says why and what to do."""
 
@@ -214,9 +216,10 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
     names = parse_embedders(embedders) if protocol is None else []
     metric_names = parse_metrics(metrics) if protocol is None else []
     selected = names if protocol is None else None
-    if clap_model and selected is not None and "clap" not in selected:
-        raise ScoreError("--clap-model is set but the clap embedder is not selected; add --embedder ...,clap")
-    options: dict[str, dict[str, Any]] = {"clap": {"model": clap_model}} if clap_model else {}
+    if clap_model and selected is not None and not set(CLAP_EMBEDDERS) & set(selected):
+        raise ScoreError("--clap-model is set but no CLAP embedder is selected; add --embedder ...,clap "
+                         "(or clap-window)")
+    options: dict[str, dict[str, Any]] = {n: {"model": clap_model} for n in CLAP_EMBEDDERS} if clap_model else {}
     for name, path in (weights or {}).items():
         if selected is not None and name not in selected:
             raise ScoreError(f"weights are given for {name} but the {name} embedder is not selected; "
