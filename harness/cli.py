@@ -204,7 +204,7 @@ def _cmd_checkpoints_list(args: argparse.Namespace) -> int:
     table = Table("id", "task", "needs transcription", "max_new_tokens", "description")
     for info in [*PUBLISHED.values(), *BUILTIN.values()]:
         table.add_row(info.id, info.task, "yes" if info.needs_transcription else "no",
-                      str(info.max_new_tokens or 8), info.description)
+                      str(info.max_new_tokens or "config default"), info.description)
     make_console().print(table)
     return EXIT_OK
 
