@@ -32,7 +32,7 @@ import pandas as pd
 from harness.stages import STAGES, TOTAL
 from harness.store import read_store
 
-QUALITY_METRICS = ("fad", "kad", "clap_score")
+QUALITY_METRICS = ("fad", "kad", "clap_score", "wer", "cer")
 
 
 @dataclass

@@ -168,7 +168,7 @@ class WordErrorRate:
         return list(self._samples)
 
     def compute(self, unit: str = "wer") -> ErrorRateResult:
-        """Corpus-level ``wer`` or ``cer`` with a percentile bootstrap CI over prompts."""
+        """Corpus-level ``wer`` or ``cer`` with a percentile bootstrap CI over prompts (none if ``n_resamples`` is 0)."""
         if unit not in ("wer", "cer"):
             raise ValueError(f"unit must be 'wer' or 'cer', got {unit!r}")
         if not self._samples:
@@ -181,6 +181,8 @@ class WordErrorRate:
         if total == 0:
             return ErrorRateResult(None, None, None, method="undefined (no reference words)", **base)
         value = edits / total
+        if self.n_resamples == 0:
+            return ErrorRateResult(value, None, None, method="none (no resamples asked for)", **base)
         if len(per_prompt) < 2 or np.all(per_prompt[:, 1] == 0):
             return ErrorRateResult(value, None, None, method="none (fewer than 2 prompts)", **base)
         ci = set_metric_ci(per_prompt, per_prompt, _corpus_rate, confidence=self.confidence,
