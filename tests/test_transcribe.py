@@ -111,3 +111,18 @@ def test_cli_transcribe(speech_run, capsys):
                  "--cache-dir", str(folder / "cache"), "--no-progress", "--bootstrap", "50"])
     out = capsys.readouterr().out
     assert code == 0 and "wer" in out and "tiny-whisper" in out and "from the cache" in out
+
+
+def test_report_shows_wer_plot_and_worst_transcripts_with_players(speech_run, tmp_path):
+    from harness.report.build import build_report
+
+    folder, _ = speech_run
+    result = build_report([folder / "run"], tmp_path / "report", formats="html,csv", listen=0)
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert (tmp_path / "report" / "plots" / "wer_steps.png").is_file()
+    assert "Speech: worst transcripts" in html and html.count("<audio") == 5  # listen=0: these players only
+    store = RunStore.read_only(folder / "run")
+    worst = next(m for m in store.metrics() if m["metric"] == "wer")["details"]["transcripts"][0]
+    assert worst["reference"] in html and f"S{worst['substitutions']} D{worst['deletions']}" in html
+    assert all(p.is_file() for p in result.audio)
+    assert "wer:tiny-whisper" in (tmp_path / "report" / "cells.csv").read_text().splitlines()[0]

@@ -24,6 +24,7 @@ FORMATS = ("html", "md", "csv", "parquet")
 FILES = {"csv": "cells.csv", "parquet": "cells.parquet", "md": "report.md", "html": "index.html"}
 _HASHED_WAV = re.compile(r"^[0-9a-f]{64}\.wav$")
 _FAILURE_ROWS = 200  # failed samples listed on the page; the rest are counted
+_WORST_TRANSCRIPTS = 5  # per speech cell and recogniser: the samples with the highest WER
 
 
 @dataclass
@@ -232,12 +233,13 @@ def _write_html(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[RunDa
         "plots": [{"src": p.relative_to(out).as_posix(), "alt": p.stem.replace("_", " ")} for p in plots],
         "listen_headers": [_cell_name(row, len(runs) > 1) for _, row in cells.iterrows()],
         "listen_rows": listen_rows, "listen_wanted": listen,
+        "transcripts": (worst := worst_transcripts(runs, cells, samples, out)),
         "failures": failure_rows(cells, samples, len(runs) > 1),
         "conventions": conventions(runs, cells),
         "downloads": [FILES[f] for f in formats if f != "html"],
     }
     (out / FILES["html"]).write_text(_template().render(**context), encoding="utf-8")
-    return plots, audio
+    return plots, audio + [p for p in worst_audio(worst) if p not in audio]
 
 
 def _template():
@@ -357,6 +359,31 @@ def _listen_entry(sample: Any, out: Path) -> tuple[dict[str, str | None], Path |
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
     return {"src": dest.relative_to(out).as_posix(), "error": None, "missing": None}, dest
+
+
+def worst_transcripts(runs: Sequence[RunData], cells: pd.DataFrame, samples: pd.DataFrame,
+                      out: Path, n: int = _WORST_TRANSCRIPTS) -> list[dict[str, Any]]:
+    """Per speech cell and recogniser, its ``n`` highest-WER samples with a player (audio copied)."""
+    by_key = {(r.run, r.cell_id, r.prompt_id, int(r.seed)): r for r in samples.itertuples()}
+    labels = {(r, c): _cell_name(row, len(runs) > 1) for (r, c), (_, row)
+              in zip(zip(cells["run"], cells["cell_id"]), cells.iterrows())}
+    groups = []
+    for run in runs:
+        for m in (m for m in run.metrics if m["metric"] == "wer"):
+            rows = []
+            for t in m["details"].get("transcripts", [])[:n]:
+                entry, path = _listen_entry(by_key.get((run.label, m["cell_id"], t["prompt_id"], int(t["seed"]))), out)
+                rows.append({**t, "player": entry, "path": path,
+                             "counts": f"S{t['substitutions']} D{t['deletions']} I{t['insertions']}",
+                             "flags": ", ".join(t["flags"])})
+            groups.append({"cell": labels.get((run.label, m["cell_id"]), m["cell_id"]), "model": m["embedder"],
+                           "wer": fmt(m["value"]), "rows": rows})
+    return groups
+
+
+def worst_audio(groups: list[dict[str, Any]]) -> list[Path]:
+    """The audio files ``worst_transcripts`` copied into the report."""
+    return list(dict.fromkeys(r["path"] for g in groups for r in g["rows"] if r["path"] is not None))
 
 
 def failure_rows(cells: pd.DataFrame, samples: pd.DataFrame, multi: bool) -> dict[str, Any]:
