@@ -91,3 +91,21 @@ def test_max_new_tokens_is_a_cell_setting():
     assert default.id != custom.id
     with pytest.raises(Exception, match="max_new_tokens"):
         cells(max_new_tokens=0)
+
+
+def test_folder_from_before_the_column_gets_it(tmp_path):
+    import harness.store as store_module
+    from harness.store import RunStore
+
+    old_schema = store_module.SCHEMA.replace(
+        "    max_new_tokens INTEGER,      -- GPT-2 tokens per prompt; NULL: the language model config's default\n", "")
+    assert old_schema != store_module.SCHEMA
+    db = sqlite3.connect(tmp_path / "run.sqlite")
+    db.executescript(old_schema)
+    db.close()
+    store = RunStore(tmp_path)
+    assert "max_new_tokens" in store.table_columns("cells")
+    spec = parse_spec({"name": "t", "checkpoints": ["tiny-speech"], "prompts": {"set": "smoke"}})
+    cell, = expand(spec, "cpu")
+    store.add_cells([cell], {})
+    assert store.db.execute("SELECT max_new_tokens FROM cells").fetchone()[0] == 64

@@ -126,3 +126,21 @@ def test_report_shows_wer_plot_and_worst_transcripts_with_players(speech_run, tm
     assert worst["reference"] in html and f"S{worst['substitutions']} D{worst['deletions']}" in html
     assert all(p.is_file() for p in result.audio)
     assert "wer:tiny-whisper" in (tmp_path / "report" / "cells.csv").read_text().splitlines()[0]
+
+
+def test_no_speech_probability_above_the_threshold_flags_non_speech(monkeypatch):
+    import harness.score.asr.whisper as whisper
+
+    asr = WhisperTranscriber("tiny-whisper", device="cpu")
+    clip = np.random.default_rng(2).standard_normal(16000).astype(np.float32) * 0.1
+    heard = asr.transcribe([clip])[0]
+    assert "non_speech" not in heard.flags
+    monkeypatch.setattr(whisper, "NO_SPEECH_THRESHOLD", heard.no_speech_prob / 2)
+    flagged = asr.transcribe([clip])[0]
+    assert flagged.flags == ("non_speech",) and flagged.text == heard.text  # flagged, still scored
+
+
+def test_clips_over_30_s_are_cut_and_flagged():
+    asr = WhisperTranscriber("tiny-whisper", device="cpu")
+    clip = np.random.default_rng(3).standard_normal(31 * 16000).astype(np.float32) * 0.1
+    assert "truncated" in asr.transcribe([clip])[0].flags

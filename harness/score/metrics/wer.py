@@ -16,6 +16,7 @@ Edge cases are defined, flagged and never dropped:
 * ``non_speech``: the transcriber judged the audio not to be speech (silent audio, or Whisper's
   no-speech probability above its threshold; see ``harness.score.asr``). The transcript is
   scored as it is: a cell of noise gets the high WER it deserves, and the flag says why.
+* ``truncated``: the clip was longer than the recogniser reads (Whisper: 30 s) and was cut.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ __all__ = ["SampleErrors", "ErrorRateResult", "WordErrorRate", "english_normaliz
            "normalise", "sample_errors"]
 
 SPELLINGS = Path(__file__).resolve().parents[1] / "asr" / "english_spellings.json"
-FLAGS = ("empty_hypothesis", "empty_reference", "non_speech")
+FLAGS = ("empty_hypothesis", "empty_reference", "non_speech", "truncated")
 
 
 @functools.lru_cache(maxsize=1)
