@@ -144,3 +144,29 @@ def test_clips_over_30_s_are_cut_and_flagged():
     asr = WhisperTranscriber("tiny-whisper", device="cpu")
     clip = np.random.default_rng(3).standard_normal(31 * 16000).astype(np.float32) * 0.1
     assert "truncated" in asr.transcribe([clip])[0].flags
+
+
+def test_gate_fails_a_worse_wer_and_passes_a_better_one(speech_run, tmp_path):
+    import json
+    import sqlite3
+
+    from harness.gate import gate
+    from harness.gate.compare import FAILING
+
+    folder, _ = speech_run
+    better = tmp_path / "better"
+    shutil.copytree(folder / "run", better)
+    db = sqlite3.connect(better / "run.sqlite")
+    for cell, details in db.execute("SELECT cell_id, details FROM metrics WHERE metric='wer'").fetchall():
+        d = json.loads(details)
+        d["per_sample"] = [[p, s, 0.5] for p, s, _ in d["per_sample"]]
+        db.execute("UPDATE metrics SET value=0.5, ci_low=0.4, ci_high=0.6, details=? WHERE cell_id=? AND metric='wer'",
+                   (json.dumps(d), cell))
+    db.commit()
+    db.close()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nfigure = "wer:*"\nmax_regression = 0.02\n')
+    worse = gate(folder / "run", better, policy)  # candidate WER 1 against a baseline of 0.5
+    verdicts = [v for v in worse.verdicts if v.figure == "wer:tiny-whisper"]
+    assert len(verdicts) == 1 and verdicts[0].status in FAILING and worse.exit_code == 1
+    assert gate(better, folder / "run", policy).exit_code == 0
