@@ -170,3 +170,12 @@ def test_gate_fails_a_worse_wer_and_passes_a_better_one(speech_run, tmp_path):
     verdicts = [v for v in worse.verdicts if v.figure == "wer:tiny-whisper"]
     assert len(verdicts) == 1 and verdicts[0].status in FAILING and worse.exit_code == 1
     assert gate(better, folder / "run", policy).exit_code == 0
+
+
+def test_run_without_speech_cells_is_a_one_line_error(tmp_path, make_sweep, capsys):
+    from harness.cli import main
+
+    run_sweep(make_sweep(seeds=[0], prompts={"set": "smoke", "limit": 1}), tmp_path / "run", progress=False)
+    code = main(["transcribe", str(tmp_path / "run"), "--model", "tiny-whisper", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no samples of a speech checkpoint" in err and len(err.strip().splitlines()) == 1

@@ -98,6 +98,9 @@ def transcribe_run(run_dir: str | Path, model: str = DEFAULT_ASR_MODEL, *, revis
             by_cell[row["cell_id"]].append(row)
         result = TranscribeResult([], asr.name, skipped_cells=[c for c, rows in by_cell.items() if not _speaks(rows[0])])
         by_cell = {c: [s for s in rows if s["transcription"]] for c, rows in by_cell.items() if _speaks(rows[0])}
+        if not by_cell:
+            raise TranscribeError(f"{run_dir} has no samples of a speech checkpoint (e.g. tiny-speech, "
+                                  "anhnct/audioldm2_ljspeech); transcribe scores those; use score for audio and music")
         total = sum(1 for rows in by_cell.values() for s in rows if s["status"] == "ok")
         bar = tqdm(total=total, desc="transcribing", unit="clip", disable=not progress)
         for cell_id, speech in by_cell.items():
