@@ -126,6 +126,7 @@ def test_report_shows_wer_plot_and_worst_transcripts_with_players(speech_run, tm
     assert worst["reference"] in html and f"S{worst['substitutions']} D{worst['deletions']}" in html
     assert all(p.is_file() for p in result.audio)
     assert "wer:tiny-whisper" in (tmp_path / "report" / "cells.csv").read_text().splitlines()[0]
+    assert "Speech: WER and CER" in html and "FAD/KAD reference" not in html  # no FAD scored here
 
 
 def test_no_speech_probability_above_the_threshold_flags_non_speech(monkeypatch):

@@ -198,7 +198,7 @@ def _md_failures(cells: pd.DataFrame, samples: pd.DataFrame, multi: bool) -> lis
 def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
     """Plain-text notes on what the figures mean: CIs, references, embedders, latency source."""
     refs = sorted({(m["reference"], m["reference_id"][:12]) for r in runs for m in r.metrics
-                   if m["reference_id"] != "prompts"})
+                   if m["reference_id"] not in ("prompts", "transcriptions")})
     embedders = sorted({m["embedder_id"] for r in runs for m in r.metrics})
     levels = sorted({m["confidence"] for r in runs for m in r.metrics if m["confidence"] is not None})
     notes = []
@@ -207,6 +207,10 @@ def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
         notes.append(f"Quality: value [CI low, CI high] (n = samples scored), {level} bootstrap CI over prompts; "
                      "FAD and KAD lower is better, CLAP score (cosine of a sample's own prompt and audio) "
                      f"higher is better. Embedders: {', '.join(embedders)}.")
+    if any(m["metric"] == "wer" for r in runs for m in r.metrics):
+        notes.append("Speech: WER and CER (lower is better) of Whisper transcripts against each sample's "
+                     "transcription, both through Whisper's English normaliser; corpus-level per cell "
+                     "(total edits / total reference words or characters).")
     if refs:
         notes.append("FAD/KAD reference: " + "; ".join(f"{name} (id {rid})" for name, rid in refs) + ".")
     units = sorted(set(cells["latency_unit"].dropna()))
