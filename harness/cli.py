@@ -114,6 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
     sc.set_defaults(func=_cmd_score)
 
+    tr = sub.add_parser("transcribe", help="speech cells: transcribe with Whisper, store WER and CER with CIs")
+    tr.add_argument("run_dir", metavar="RUN", help="run folder")
+    tr.add_argument("--model", default=None, metavar="ID|DIR",
+                    help="Whisper hub id, local folder or tiny-whisper (default openai/whisper-large-v3)")
+    tr.add_argument("--revision", help="hub revision of --model")
+    tr.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over prompts for CIs (0: none)")
+    tr.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    tr.add_argument("--batch-size", type=int, default=8, help="clips per Whisper call")
+    tr.add_argument("--cache-dir", help="transcript cache folder (default $AUDIOLDM2_HARNESS_CACHE/transcripts)")
+    tr.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_transcribe)
+
     rp = sub.add_parser("report", help="HTML/Markdown/CSV/Parquet report of one or more run folders")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (several: e.g. before and after)")
     rp.add_argument("--out", help="report folder (default: reports/<first RUN folder name>)")
@@ -236,7 +249,7 @@ def _cmd_checkpoints_list(args: argparse.Namespace) -> int:
     table = Table("id", "task", "needs transcription", "max_new_tokens", "description")
     for info in [*PUBLISHED.values(), *BUILTIN.values()]:
         table.add_row(info.id, info.task, "yes" if info.needs_transcription else "no",
-                      str(info.max_new_tokens or 8), info.description)
+                      str(info.max_new_tokens or "config default"), info.description)
     make_console().print(table)
     return EXIT_OK
 
@@ -331,6 +344,17 @@ def _substitutes(items: list[str]) -> dict[str, str]:
             raise ValueError(f"--protocol-embedder takes NAME=OTHER (e.g. pann=tiny-pann), got {item!r}")
         out[name.strip()] = other.strip()
     return out
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from harness.score.asr.transcribe import print_transcribed, transcribe_run
+    from harness.score.asr.whisper import DEFAULT_ASR_MODEL
+
+    result = transcribe_run(args.run_dir, args.model or DEFAULT_ASR_MODEL, revision=args.revision,
+                            device=args.device, batch_size=args.batch_size, bootstrap=args.bootstrap,
+                            confidence=args.confidence, cache_dir=args.cache_dir, progress=not args.no_progress)
+    print_transcribed(result)
+    return EXIT_FAILURES if any(r["value"] is None for r in result.rows) else EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

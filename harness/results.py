@@ -32,14 +32,15 @@ import pandas as pd
 from harness.stages import STAGES, TOTAL
 from harness.store import inside_run, read_store
 
-QUALITY_METRICS = ("fad", "kad", "clap_score")  # the default set; every registered metric is a quality figure
+QUALITY_METRICS = ("fad", "kad", "clap_score", "wer", "cer")  # the default set; every registered metric is a quality figure
+TRANSCRIPT_METRICS = ("wer", "cer")  # written by `transcribe` (harness/score/asr), lower is better
 
 
 def is_quality_metric(name: str) -> bool:
     """Whether ``name`` is a registered metric (imported late: reading runs needs no scoring code)."""
     from harness.score.metrics.registry import available_metrics
 
-    return name in available_metrics()
+    return name in available_metrics() or name in TRANSCRIPT_METRICS
 
 
 def higher_is_better(name: str) -> bool:

@@ -73,6 +73,8 @@ class CheckpointSpec(_Strict):
 
     id: str = Field(min_length=1)
     revision: str | None = None
+    # GPT-2 tokens per prompt; None: what the checkpoint needs (registry.CheckpointInfo.max_new_tokens)
+    max_new_tokens: int | None = Field(default=None, gt=0)
 
     @field_validator("id")
     @classmethod
@@ -233,6 +235,7 @@ class Cell(_Strict):
     guidance_scale: float
     negative_prompt: str
     audio_length_s: float
+    max_new_tokens: int | None  # None: the language model config's default (a checkpoint unknown here)
     runtime: RuntimeOptions
     versions: dict[str, str]
 
@@ -269,7 +272,8 @@ def expand(spec: SweepSpec, device: str) -> list[Cell]:
         Cell(
             checkpoint=ck.id, revision=ck.revision, dtype=dt, device=device, scheduler=sc.name,
             scheduler_type=sc.kind, scheduler_options=sc.options, steps=st, guidance_scale=float(g),
-            negative_prompt=neg, audio_length_s=float(length), runtime=rt, versions=versions,
+            negative_prompt=neg, audio_length_s=float(length),
+            max_new_tokens=ck.max_new_tokens or describe(ck.id).max_new_tokens, runtime=rt, versions=versions,
         )
         for ck, dt, rt, sc, st, g, neg, length in grid
     ]

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS cells (
     guidance_scale REAL NOT NULL,
     negative_prompt TEXT NOT NULL,
     audio_length_s REAL NOT NULL,
+    max_new_tokens INTEGER,      -- GPT-2 tokens per prompt; NULL: the language model config's default
     runtime_options TEXT NOT NULL,
     versions TEXT NOT NULL,
     spec TEXT NOT NULL,
@@ -202,6 +203,7 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")  # a sample or measurement row needs its cell's row
+        self._add_missing_columns()
         (self.root / "audio").mkdir(exist_ok=True)
         self._remove_partial_files()
 
@@ -223,6 +225,13 @@ class RunStore:
                 f"{self.root} has store schema {row['value']}, this harness writes {SCHEMA_VERSION}; "
                 "use a new run folder"
             )
+
+    def _add_missing_columns(self) -> None:
+        # Folders written before cells.max_new_tokens existed: the column is added (NULL for their
+        # cells, which ran at the language model config's default).
+        if "max_new_tokens" not in self.table_columns("cells"):
+            with self.db:
+                self.db.execute("ALTER TABLE cells ADD COLUMN max_new_tokens INTEGER")
 
     def _remove_partial_files(self) -> None:
         # Temporary files belong to writes that a crash interrupted; their rows were never committed.
@@ -249,13 +258,17 @@ class RunStore:
         rows = [
             (c.id, c.checkpoint, c.revision, c.dtype, c.device, c.scheduler, c.scheduler_type,
              json.dumps(c.scheduler_options, sort_keys=True), c.steps, c.guidance_scale,
-             c.negative_prompt, c.audio_length_s,
+             c.negative_prompt, c.audio_length_s, c.max_new_tokens,
              json.dumps({**c.runtime.model_dump(), **runtime_options}, sort_keys=True),
              json.dumps(c.versions, sort_keys=True), c.canonical_json(), now)
             for c in cells
         ]
+        columns = ("id, checkpoint, revision, dtype, device, scheduler, scheduler_type, scheduler_options, steps, "
+                   "guidance_scale, negative_prompt, audio_length_s, max_new_tokens, runtime_options, versions, "
+                   "spec, created_at")
         with self.db:
-            self._insert_cells(rows, [c.id for c in cells])
+            # Named columns: a migrated folder has max_new_tokens last (see _add_missing_columns).
+            self._insert_cells(rows, [c.id for c in cells], f"({columns})")
 
     def _insert_cells(self, rows: list[tuple], ids: list[str], columns: str = "") -> None:
         """Insert cell rows that are not stored yet; a row that cannot be stored is an error, never

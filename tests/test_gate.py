@@ -409,7 +409,8 @@ def test_shipped_policies_load(name):
     # Names the summaries produce (summary.py): a rule that matches none of them is a typo.
     produced = ["latency_ms:total:p50", "latency_ms:denoise:p50", "memory_mib:total:rss_peak",
                 "memory_mib:total:allocated_peak", "failed_fraction", "flagged_fraction", "fad:mel",
-                "kad:clap", "clap_score:clap", "benchmark:median_s", "benchmark:mean_s"]
+                "kad:clap", "clap_score:clap", "wer:whisper-large-v3", "cer:whisper-large-v3",
+                "benchmark:median_s", "benchmark:mean_s"]
     import fnmatch
 
     unmatched = [r.figure for r in policy.rule if not fnmatch.filter(produced, r.figure)]
@@ -417,7 +418,8 @@ def test_shipped_policies_load(name):
 
 
 @pytest.mark.parametrize("name, n_cells", [("ci-gate", 1), ("quality-regression", 1), ("scheduler-study", 28),
-                                           ("smoke", 4), ("resume-demo", 6), ("gate-study", 1)])
+                                           ("smoke", 4), ("resume-demo", 6), ("gate-study", 1),
+                                           ("speech-smoke", 4)])
 def test_shipped_sweeps_expand(name, n_cells):
     from harness.generate.run import prepare
 

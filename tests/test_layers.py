@@ -18,6 +18,7 @@ TORCH_FREE = [
     "harness.data.prompts", "harness.data.audio", "harness.data.references", "harness.data.synthetic",
     "harness.plan", "harness.plan.shard", "harness.store", "harness.merge",
     "harness.score.metrics", "harness.score.embed.registry", "harness.score.scoring", "harness.score.compare",
+    "harness.score.metrics.wer", "harness.score.asr.whisper", "harness.score.asr.transcribe",
     "harness.results", "harness.report.plots", "harness.report.build",
     "harness.gate", "harness.gate.policy", "harness.gate.summary", "harness.gate.compare",
     "harness.gate.output", "harness.text", "harness.verify",

@@ -286,3 +286,44 @@ def test_datasets_env_var_overrides_builtin_folder(tmp_path, monkeypatch):
     assert available_prompt_sets() == ["mine"]
     assert load_prompt_set("mine").prompts[0].text == "A bell rings"
     assert "built-in sets: mine" in _error("smoke")
+
+
+# ---------------------------------------------------------------- speech prompt sets
+
+LJSPEECH = FIXTURES / "ljspeech" / "metadata.csv"
+
+
+def test_ljspeech_uses_normalized_text_and_the_voice_description():
+    from harness.data.prompts import LJSPEECH_VOICE
+
+    prompts = load_prompt_set(f"ljspeech:{LJSPEECH}").prompts
+    assert [p.id for p in prompts] == ["ljspeech-LJ900-0001", "ljspeech-LJ900-0002", "ljspeech-LJ900-0003"]
+    assert prompts[1].transcription == 'The "old" mill was built in eighteen fifty-five by Doctor Hale'
+    assert prompts[2].source == "ljspeech:LJ900-0003"
+    assert {p.text for p in prompts} == {LJSPEECH_VOICE}
+
+
+def test_ljspeech_voice_is_configurable():
+    prompts = load_prompt_set(f"ljspeech:{LJSPEECH}?voice=A man whispers", limit=1).prompts
+    assert prompts[0].text == "A man whispers"
+    with pytest.raises(PromptSetError, match=r"only option is \?voice=TEXT"):
+        load_prompt_set(f"ljspeech:{LJSPEECH}?speaker=x")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("LJ1|only two fields", "2 '|'-separated fields, expected 3"),
+    ("LJ1|text|", "empty normalized text"),
+    ("|text|words", "empty id"),
+])
+def test_ljspeech_bad_lines_are_one_line_errors(tmp_path, line, message):
+    path = tmp_path / "metadata.csv"
+    path.write_text("LJ0|a|a\n" + line + "\n")
+    with pytest.raises(PromptSetError, match=message) as err:
+        load_prompt_set(f"ljspeech:{path}")
+    assert "line 2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_jsonl_pairs_voice_descriptions_with_transcriptions():
+    prompts = load_prompt_set(str(FIXTURES / "speech_prompts.jsonl")).with_transcription().prompts
+    assert [(p.text, p.transcription) for p in prompts][1] == (
+        "A man speaks slowly and calmly", "Please close the door behind you.")

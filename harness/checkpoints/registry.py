@@ -21,7 +21,8 @@ class CheckpointInfo:
     task: Task
     description: str
     needs_transcription: bool = False
-    max_new_tokens: int | None = None  # None: the language model config's default (8)
+    # GPT-2 tokens generated per prompt; None: unknown here, the language model config's default
+    max_new_tokens: int | None = None
     builtin: bool = False  # built by the harness itself, no download
 
 
@@ -33,9 +34,10 @@ def _speech(id_: str, description: str) -> CheckpointInfo:
 PUBLISHED: dict[str, CheckpointInfo] = {
     c.id: c
     for c in [
-        CheckpointInfo("cvssp/audioldm2", "audio", "AudioLDM 2 full: text-to-audio, 1.1B params"),
-        CheckpointInfo("cvssp/audioldm2-large", "audio", "AudioLDM 2 full-large: 718M UNet"),
-        CheckpointInfo("cvssp/audioldm2-music", "music", "AudioLDM 2 music: text-to-music"),
+        # 8: their language_model/config.json max_new_tokens (sequence_gen_length of the originals)
+        CheckpointInfo("cvssp/audioldm2", "audio", "AudioLDM 2 full: text-to-audio, 1.1B params", max_new_tokens=8),
+        CheckpointInfo("cvssp/audioldm2-large", "audio", "AudioLDM 2 full-large: 718M UNet", max_new_tokens=8),
+        CheckpointInfo("cvssp/audioldm2-music", "music", "AudioLDM 2 music: text-to-music", max_new_tokens=8),
         _speech("anhnct/audioldm2_gigaspeech", "AudioLDM 2 speech, GigaSpeech (VITS text encoder)"),
         _speech("anhnct/audioldm2_ljspeech", "AudioLDM 2 speech, LJSpeech (VITS text encoder)"),
     ]
@@ -44,7 +46,7 @@ PUBLISHED: dict[str, CheckpointInfo] = {
 BUILTIN: dict[str, CheckpointInfo] = {
     "tiny-audio": CheckpointInfo(
         "tiny-audio", "audio", "built-in tiny text-to-audio pipeline (CLAP + T5), random weights",
-        builtin=True,
+        max_new_tokens=8, builtin=True,
     ),
     "tiny-speech": CheckpointInfo(
         "tiny-speech", "speech",
@@ -105,4 +107,14 @@ def _describe_local(folder: Path) -> CheckpointInfo:
         )
     if index.get("text_encoder_2", [None, None])[1] == "VitsModel":
         return _speech(str(folder), "local speech checkpoint (VITS text encoder)")
-    return CheckpointInfo(str(folder), "audio", "local checkpoint")
+    return CheckpointInfo(str(folder), "audio", "local checkpoint", max_new_tokens=_config_max_new_tokens(folder))
+
+
+def _config_max_new_tokens(folder: Path) -> int | None:
+    """The pipeline's default for a local folder: its language model config's max_new_tokens."""
+    config = folder / "language_model" / "config.json"
+    try:
+        value = json.loads(config.read_text()).get("max_new_tokens")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None

@@ -7,6 +7,9 @@ A spec passed to ``load_prompt_set`` is one of:
 * ``audiocaps:PATH``: an AudioCaps CSV (audiocap_id,youtube_id,start_time,caption);
 * ``musiccaps:PATH`` or ``musiccaps-eval:PATH``: the MusicCaps CSV (the ``-eval`` form keeps
   only rows with is_audioset_eval == True);
+* ``ljspeech:PATH`` (or ``ljspeech:PATH?voice=DESCRIPTION``): an LJSpeech ``metadata.csv``
+  (``id|text|normalized text``, no header): the normalized text is the transcription and the
+  voice description (default ``LJSPEECH_VOICE``) the prompt of every row;
 * a path ending ``.jsonl`` (objects with id, text, optional transcription and source) or
   ``.csv`` (columns id,text and optional transcription,source).
 
@@ -33,7 +36,10 @@ from harness.errors import HarnessError
 
 DATASETS_ENV = "AUDIOLDM2_HARNESS_DATASETS"
 _PROMPT_FIELDS = ("id", "text", "transcription", "source")
-_SPEC_FORMS = "audiocaps:PATH, musiccaps:PATH, musiccaps-eval:PATH, or a .jsonl/.csv path"
+_SPEC_FORMS = "audiocaps:PATH, musiccaps:PATH, musiccaps-eval:PATH, ljspeech:PATH[?voice=TEXT], or a .jsonl/.csv path"
+# LJSpeech is one female speaker reading non-fiction aloud; a prompt in the style of the speech
+# checkpoints' examples ("A female reporter is speaking").
+LJSPEECH_VOICE = "A female speaker reads aloud clearly in a quiet room"
 
 
 class PromptSetError(HarnessError, ValueError):
@@ -294,6 +300,43 @@ def _load_jsonl(path: Path) -> tuple[str, list[Prompt]]:
     return path.stem, prompts
 
 
+def _load_ljspeech(path: Path, voice: str = LJSPEECH_VOICE) -> tuple[str, list[Prompt]]:
+    """LJSpeech metadata.csv: ``id|text|normalized text`` per line; file order, id ljspeech-<id>."""
+    voice = _normalise(voice)
+    if not voice:
+        raise PromptSetError(f"ljspeech:{path}: empty voice description; write ?voice=TEXT or leave it out")
+    try:
+        # Not pandas: the text holds unbalanced quotes, which a CSV reader would treat as quoting.
+        lines = _existing_file(path).read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise PromptSetError(f"cannot read {path}: not UTF-8 text; re-save it as UTF-8") from err
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        where = f"{path} line {number}"
+        if len(fields) != 3:
+            raise PromptSetError(f"{where}: {len(fields)} '|'-separated fields, expected 3 (id|text|normalized text)")
+        ident, _, normalized = fields
+        if not _normalise(normalized):
+            raise PromptSetError(f"{where} (id '{ident.strip()}'): empty normalized text; fill it in or remove the line")
+        prompts.append(_prompt(where, id=f"ljspeech-{ident.strip()}" if ident.strip() else "", text=voice,
+                               transcription=normalized, source=f"ljspeech:{ident.strip()}"))
+    return f"ljspeech:{path.parent.name or path.name}", prompts
+
+
+def _ljspeech_spec(rest: str) -> tuple[Callable[[Path], tuple[str, list[Prompt]]], str]:
+    """Split ``PATH?voice=TEXT`` into a loader bound to the voice and the path."""
+    path, sep, query = rest.partition("?")
+    if not sep:
+        return _load_ljspeech, path
+    key, eq, voice = query.partition("=")
+    if key != "voice" or not eq:
+        raise PromptSetError(f"ljspeech:{rest}: unknown option {query!r}; the only option is ?voice=TEXT")
+    return (lambda p: _load_ljspeech(p, voice)), path
+
+
 _PREFIXED: dict[str, Callable[[Path], tuple[str, list[Prompt]]]] = {
     "audiocaps": _load_audiocaps,
     "musiccaps": _musiccaps_loader(eval_only=False),
@@ -321,10 +364,11 @@ def available_prompt_sets() -> list[str]:
 def _resolve(spec: str) -> tuple[Callable[[Path], tuple[str, list[Prompt]]], Path]:
     """Pick the loader and file for a spec, or explain what forms are accepted."""
     prefix, sep, rest = spec.partition(":")
-    if sep and prefix in _PREFIXED:
+    if sep and (prefix in _PREFIXED or prefix == "ljspeech"):
+        loader, rest = _ljspeech_spec(rest) if prefix == "ljspeech" else (_PREFIXED[prefix], rest)
         if not rest.strip():
             raise PromptSetError(f"prompt-set spec '{spec}' has no path; write {prefix}:PATH")
-        return _PREFIXED[prefix], Path(rest).expanduser()
+        return loader, Path(rest).expanduser()
     suffix = Path(spec).suffix.lower()
     if suffix in _BY_SUFFIX:
         return _BY_SUFFIX[suffix], Path(spec).expanduser()

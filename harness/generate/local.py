@@ -118,7 +118,7 @@ class LocalExecutor:
         with timer.stage(TOTAL):
             for item in batch:
                 key = ConditioningKey(item.prompt.text, item.prompt.transcription if loaded.info.needs_transcription
-                                      else None, cell.negative_prompt, guided, loaded.info.max_new_tokens)
+                                      else None, cell.negative_prompt, guided, cell.max_new_tokens)
                 with loaded.call_context():
                     cond, was_cached = self.conditioning.get(pipe, key, timer)
                 conds.append(cond)

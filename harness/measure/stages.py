@@ -95,7 +95,7 @@ def one_call(loaded: LoadedPipeline, cell: Cell, prompt: str, transcription: str
     """A full uncached call for ``len(seeds)`` samples of one prompt, tracked end to end."""
     guided = cell.guidance_scale > 1.0
     key = ConditioningKey(prompt, transcription if loaded.info.needs_transcription else None,
-                          cell.negative_prompt, guided, loaded.info.max_new_tokens)
+                          cell.negative_prompt, guided, cell.max_new_tokens)
     with loaded.call_context(), tracker.stage(TOTAL):
         cond = encode(loaded.pipe, key, tracker)
         batch = stack([cond] * len(seeds), guided)

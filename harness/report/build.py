@@ -27,6 +27,7 @@ FORMATS = ("html", "md", "csv", "parquet")
 FILES = {"csv": "cells.csv", "parquet": "cells.parquet", "md": "report.md", "html": "index.html"}
 _HASHED_WAV = re.compile(r"^[0-9a-f]{64}\.wav$")
 _FAILURE_ROWS = 200  # failed samples listed on the page; the rest are counted
+_WORST_TRANSCRIPTS = 5  # per speech cell and recogniser: the samples with the highest WER
 
 
 @dataclass
@@ -210,7 +211,7 @@ def _md_failures(cells: pd.DataFrame, samples: pd.DataFrame, multi: bool) -> lis
 def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
     """Plain-text notes on what the figures mean: CIs, references, embedders, latency source."""
     refs = sorted({(m["reference"], m["reference_id"][:12]) for r in runs for m in r.metrics
-                   if m["reference_id"] != "prompts"})
+                   if m["reference_id"] not in ("prompts", "transcriptions")})
     embedders = sorted({m["embedder_id"] for r in runs for m in r.metrics})
     levels = sorted({m["confidence"] for r in runs for m in r.metrics if m["confidence"] is not None})
     notes = []
@@ -228,6 +229,10 @@ def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
                     f"{proto['label']} = {m['metric']}:{m['embedder']}")
     for key, figures in sorted(protocols.items()):
         notes.append(f"Protocol {key}: " + ", ".join(sorted(figures)) + ".")
+    if any(m["metric"] == "wer" for r in runs for m in r.metrics):
+        notes.append("Speech: WER and CER (lower is better) of Whisper transcripts against each sample's "
+                     "transcription, both through Whisper's English normaliser; corpus-level per cell "
+                     "(total edits / total reference words or characters).")
     if refs:
         notes.append("FAD/KAD reference: " + "; ".join(f"{name} (id {rid})" for name, rid in refs) + ".")
     units = sorted(set(cells["latency_unit"].dropna()))
@@ -254,6 +259,7 @@ def _write_html(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[RunDa
         "plots": [{"src": p.relative_to(out).as_posix(), "alt": p.stem.replace("_", " ")} for p in plots],
         "listen_headers": [_cell_name(row, len(runs) > 1) for _, row in cells.iterrows()],
         "listen_rows": listen_rows, "listen_wanted": listen,
+        "transcripts": (worst := worst_transcripts(runs, cells, samples, out)),
         "failures": failure_rows(cells, samples, len(runs) > 1),
         "conventions": conventions(runs, cells),
         "downloads": [FILES[f] for f in formats if f != "html"],
@@ -261,7 +267,7 @@ def _write_html(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[RunDa
     (out / FILES["html"]).write_text(_template().render(**context), encoding="utf-8")
     unserved = [e["error"] for row in listen_rows for e in row["cells"]
                 if e["error"] and e["error"].startswith("audio not served")]
-    return plots, audio, unserved
+    return plots, audio + [p for p in worst_audio(worst) if p not in audio], unserved
 
 
 def _template():
@@ -386,6 +392,31 @@ def _listen_entry(sample: Any, out: Path) -> tuple[dict[str, str | None], Path |
             return {"src": None, "error": f"audio not served: {src} changed while it was read", "missing": None}, None
         atomic_write_bytes(dest, data)
     return {"src": dest.relative_to(out).as_posix(), "error": None, "missing": None}, dest
+
+
+def worst_transcripts(runs: Sequence[RunData], cells: pd.DataFrame, samples: pd.DataFrame,
+                      out: Path, n: int = _WORST_TRANSCRIPTS) -> list[dict[str, Any]]:
+    """Per speech cell and recogniser, its ``n`` highest-WER samples with a player (audio copied)."""
+    by_key = {(r.run, r.cell_id, r.prompt_id, int(r.seed)): r for r in samples.itertuples()}
+    labels = {(r, c): _cell_name(row, len(runs) > 1) for (r, c), (_, row)
+              in zip(zip(cells["run"], cells["cell_id"]), cells.iterrows())}
+    groups = []
+    for run in runs:
+        for m in (m for m in run.metrics if m["metric"] == "wer"):
+            rows = []
+            for t in m["details"].get("transcripts", [])[:n]:
+                entry, path = _listen_entry(by_key.get((run.label, m["cell_id"], t["prompt_id"], int(t["seed"]))), out)
+                rows.append({**t, "player": entry, "path": path,
+                             "counts": f"S{t['substitutions']} D{t['deletions']} I{t['insertions']}",
+                             "flags": ", ".join(t["flags"])})
+            groups.append({"cell": labels.get((run.label, m["cell_id"]), m["cell_id"]), "model": m["embedder"],
+                           "wer": fmt(m["value"]), "rows": rows})
+    return groups
+
+
+def worst_audio(groups: list[dict[str, Any]]) -> list[Path]:
+    """The audio files ``worst_transcripts`` copied into the report."""
+    return list(dict.fromkeys(r["path"] for g in groups for r in g["rows"] if r["path"] is not None))
 
 
 def failure_rows(cells: pd.DataFrame, samples: pd.DataFrame, multi: bool) -> dict[str, Any]:

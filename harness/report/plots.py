@@ -18,9 +18,11 @@ from matplotlib.figure import Figure
 
 from harness.results import STAGES, TOTAL, higher_is_better, quality_columns
 
-# Metric direction: True when a higher value is better.
+# Display names of the metrics (directions come from the metric registry: results.higher_is_better).
 METRIC_NAMES = {"fad": "FAD", "kad": "KAD", "clap_score": "CLAP score", "kl_softmax": "KL (softmax)",
-                "kl_sigmoid": "KL (sigmoid)", "inception_score": "Inception Score"}
+                "kl_sigmoid": "KL (sigmoid)", "inception_score": "Inception Score",
+                "wer": "WER", "cer": "CER"}
+SPEECH_METRICS = ("wer", "cer")
 MEMORY_KINDS = {
     "rss_peak": "peak RSS (MiB)", "allocated_peak": "peak allocated (MiB)",
     "reserved_peak": "peak reserved (MiB)", "nvml_used": "NVML used (MiB)", "weights": "weights (MiB)",
@@ -111,8 +113,19 @@ def latency_quality_plot(frame: pd.DataFrame, out_dir: str | Path) -> Path | Non
 
 
 def quality_steps_plot(frame: pd.DataFrame, out_dir: str | Path) -> Path | None:
-    """Each quality column against steps: one line per scheduler, one subplot column per checkpoint."""
-    columns = [c for c in quality_columns(frame) if _has(frame, c)]
+    """Each audio quality column against steps: one line per scheduler, one subplot column per checkpoint."""
+    columns = [c for c in quality_columns(frame) if _has(frame, c) and c.split(":")[0] not in SPEECH_METRICS]
+    return _steps_figure(frame, columns, out_dir, "Quality against steps", "quality_steps.png")
+
+
+def wer_steps_plot(frame: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    """Speech cells: WER and CER against steps, one line per scheduler, one subplot column per checkpoint."""
+    columns = [c for c in quality_columns(frame) if _has(frame, c) and c.split(":")[0] in SPEECH_METRICS]
+    return _steps_figure(frame, columns, out_dir, "Intelligibility against steps (speech cells)", "wer_steps.png")
+
+
+def _steps_figure(frame: pd.DataFrame, columns: list[str], out_dir: str | Path, title: str,
+                  name: str) -> Path | None:
     if not columns:
         return None
     groups = _groups(frame)
@@ -130,8 +143,8 @@ def quality_steps_plot(frame: pd.DataFrame, out_dir: str | Path) -> Path | None:
     handles = {h.get_label(): h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]}
     fig.legend(list(handles.values()), list(handles), loc="outside upper right", fontsize=8,
                title="scheduler (bars: CI)", title_fontsize=8)
-    fig.suptitle("Quality against steps")
-    return _save(fig, out_dir, "quality_steps.png")
+    fig.suptitle(title)
+    return _save(fig, out_dir, name)
 
 
 # Cells on one steps line differ only in steps: a line never joins other guidance scales etc.
@@ -218,7 +231,7 @@ def _memory_bars(ax, frame: pd.DataFrame, names: list[str], columns: list[str]) 
     ax.grid(axis="x", alpha=0.3)
 
 
-PLOTS = (latency_quality_plot, quality_steps_plot, stage_latency_plot, memory_plot)
+PLOTS = (latency_quality_plot, quality_steps_plot, wer_steps_plot, stage_latency_plot, memory_plot)
 
 
 def write_plots(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
