@@ -191,8 +191,10 @@ class RunStore:
             for c in cells
         ]
         with self.db:
+            # Not INSERT OR IGNORE: that also drops a row breaking NOT NULL (a NaN stored as
+            # NULL), leaving samples that point at no cell. Only an existing id is skipped.
             self.db.executemany(
-                "INSERT OR IGNORE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                "INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING", rows
             )
 
     def done_keys(self, include_failed: bool = True) -> set[tuple[str, str, int]]:
