@@ -68,7 +68,7 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
                   embedders: str | Sequence[str] = ("mel",), *, clap_model: str | None = None,
                   weights: dict[str, str] | None = None,
                   device: str = "cpu", permutations: int = 999, bootstrap: int = 2000, seed: int = 0,
-                  cache_dir: str | Path | None = None) -> CompareResult:
+                  cache_dir: str | Path | None = None, follow_external_links: bool = False) -> CompareResult:
     """Paired tests of cell A against cell B (unique id prefixes accepted); see the module docstring."""
     root = Path(run_dir)
     with read_store(root) as store:
@@ -78,7 +78,7 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
     if a == b:
         raise ScoreError(f"cell A and cell B are the same cell ({a}); name two different cells")
     pairs = _pairs(samples, a, b)
-    ref_paths = _reference_paths(root, reference, samples, cells)
+    ref_paths = _reference_paths(root, reference, samples, cells, follow_external_links)
     options = {n: {"weights": path} for n, path in (weights or {}).items()}
     if clap_model:
         options["clap"] = {"model": clap_model}
@@ -109,14 +109,15 @@ def _pairs(samples: list[dict[str, Any]], a: str, b: str) -> list[dict[str, dict
     return [{"a": ok[(a, p, sd)], "b": ok[(b, p, sd)]} for p, sd in keys]
 
 
-def _reference_paths(root: Path, reference: str, samples, cells) -> list[Path]:
+def _reference_paths(root: Path, reference: str, samples, cells, follow_external_links: bool = False) -> list[Path]:
     if reference.startswith("cell:"):
         ref = resolve_cell(reference[5:].strip(), cells)
         paths = [root / s["audio_path"] for s in samples if s["cell_id"] == ref and s["status"] == "ok"]
         if len(paths) < 2:
             raise ScoreError(f"reference cell:{ref} has {len(paths)} ok sample(s); FAD/KAD need >= 2")
         return paths
-    ref_set = ingest_reference_folder(reference, min_duration_s=DEFAULT_MIN_DURATION_S)
+    ref_set = ingest_reference_folder(reference, min_duration_s=DEFAULT_MIN_DURATION_S,
+                                      follow_external_links=follow_external_links)
     if len(ref_set.entries) < 2:
         raise ScoreError(f"reference folder {reference} has {len(ref_set.entries)} usable clip(s); need >= 2")
     return [ref_set.root / e.path for e in ref_set.entries]

@@ -146,11 +146,13 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
               device: str = "cpu", bootstrap: int = DEFAULT_BOOTSTRAP,
               confidence: float = 0.95, seed: int = 0, cells: Sequence[str] | None = None,
               metrics: Sequence[str] = METRICS, cache_dir: str | Path | None = None,
-              min_duration_s: float = DEFAULT_MIN_DURATION_S, progress: bool = False) -> ScoreResult:
+              min_duration_s: float = DEFAULT_MIN_DURATION_S, follow_external_links: bool = False,
+              progress: bool = False) -> ScoreResult:
     """Score a run folder's stored samples against ``reference``; see the module docstring.
 
     ``cache_dir``: the embedding cache root (None: the user cache; ``"run"``: ``<run>/embeddings``).
     ``weights``: embedder name -> local weights file (``pann``, ``vggish``).
+    ``follow_external_links``: use links in the reference folder that leave it (quarantined by default).
     """
     names = parse_embedders(embedders)
     if clap_model and "clap" not in names:
@@ -177,13 +179,14 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
         device = resolve_device("auto")
     with open_store(root) as store:
         return _score_locked(store, reference, names, options, device, bootstrap, confidence,
-                             seed, cells, list(metrics), cache_dir, min_duration_s, progress)
+                             seed, cells, list(metrics), cache_dir, min_duration_s, progress,
+                             follow_external_links)
 
 
 def _score_locked(store: RunStore, reference: str, names: list[str], options: dict[str, dict[str, Any]],
                   device: str, bootstrap: int, confidence: float, seed: int,
                   cells: Sequence[str] | None, metrics: list[str], cache_dir, min_duration_s: float,
-                  progress: bool) -> ScoreResult:
+                  progress: bool, follow_external_links: bool = False) -> ScoreResult:
     root = store.root
     by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in store.samples():
@@ -205,7 +208,8 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
             wanted = [c for c in wanted if c != ref_cell]
             skipped[ref_cell] = "is the reference"
     else:
-        ref_set = ingest_reference_folder(reference, min_duration_s=min_duration_s)
+        ref_set = ingest_reference_folder(reference, min_duration_s=min_duration_s,
+                                          follow_external_links=follow_external_links)
         ref_label = f"folder:{ref_set.root}"
         report_path = ref_set.write(root / "scores" / f"reference-{ref_set.identity[:12]}.json")
         if len(ref_set.entries) < 2:
