@@ -398,6 +398,12 @@ def test_nan_observations_cannot_be_compared():
     assert verdict.status == "incomparable" and "samples holds NaN or inf" in verdict.test
 
 
+def test_a_baseline_with_no_figures_is_not_saved(tmp_path):
+    with pytest.raises(ValueError, match="empty-run: holds no figures"):
+        save(Summary("empty-run", ENV, {"c": CellSummary("x")}), tmp_path / "b.json")
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_a_gate_that_judges_nothing_exits_2(tmp_path, capsys):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_bench_payload()))

@@ -203,7 +203,8 @@ def _benchmark_figures(bench: "_Benchmark") -> dict[str, Figure]:
 
 
 def save(summary: Summary, path: str | Path) -> Path:
-    """Write a summary as a baseline JSON file."""
+    """Write a summary as a baseline JSON file; a summary with no figures is refused (it would gate nothing)."""
+    _require_figures(summary, summary.source)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema": SCHEMA, "kind": "audioldm2-harness baseline", "source": summary.source,
