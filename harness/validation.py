@@ -72,6 +72,7 @@ def first_error(err: Any) -> str:
     """A pydantic ``ValidationError`` as one line: where, what, and the offending value."""
     e = err.errors()[0]
     msg = re.sub(r"^Value error, ", "", e["msg"])
+    msg = re.sub(r"valid dictionary or instance of \w+", "table (an object in JSON)", msg)  # no internal names
     loc = format_loc(e["loc"])
     if e["type"] == "missing":
         return f"missing required key {loc!r}"
