@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--copy", action="store_true", help="copy audio files instead of hard-linking them")
     merge.set_defaults(func=_cmd_merge)
 
+    verify = sub.add_parser("verify", help="check a run folder: database, and every stored audio file against its sha256")
+    verify.add_argument("run_dir", metavar="RUN", help="run folder (only read)")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    verify.set_defaults(func=_cmd_verify)
+
     bench = sub.add_parser("bench", help="measure per-stage latency and memory of every cell")
     bench.add_argument("config", help="sweep TOML file (its [latency] table sets the protocol)")
     bench.add_argument("--run-dir", help="run folder (default: runs/<sweep name>)")
@@ -126,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=_cmd_compare)
 
     _add_gate_parsers(sub)
+    _add_history_parsers(sub)
     return parser
 
 
@@ -172,6 +178,23 @@ def _cmd_merge(args: argparse.Namespace) -> int:
           f"audio files: {result.files_linked} hard-linked, {result.files_copied} copied")
     print(f"run folder: {Path(result.out).resolve()}")
     return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from harness.verify import verify_run
+
+    result = verify_run(args.run_dir, progress=not args.no_progress)
+    for problem in result.problems[:20]:
+        print(f"problem: {problem}")
+    if len(result.problems) > 20:
+        print(f"... and {len(result.problems) - 20} more problems")
+    if result.unreferenced:
+        print(f"note: {len(result.unreferenced)} audio file(s) no sample row names (left by an interrupted write "
+              f"or merge; harmless), e.g. {result.unreferenced[0]}")
+    verdict = "all intact" if result.ok else f"{len(result.problems)} problem(s); rerun the sweep into this " \
+        "folder to regenerate missing or changed samples"
+    print(f"{result.root}: {result.samples} samples, {result.checked} audio files checked: {verdict}")
+    return EXIT_OK if result.ok else EXIT_FAILURES
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -302,6 +325,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         console.print(f"{fmt}: {path}", highlight=False, soft_wrap=True, markup=False)
     console.print(f"plots: {len(result.plots)} in {Path(out) / 'plots'}; audio: {len(result.audio)} files in "
                   f"{Path(out) / 'audio'}", highlight=False, soft_wrap=True, markup=False)
+    for warning in result.warnings:
+        print(f"audioldm2-harness report: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -404,6 +429,56 @@ def _cmd_baseline_save(args: argparse.Namespace) -> int:
     n = sum(len(c.figures) for c in summary.cells.values())
     make_console().print(f"baseline: {len(summary.cells)} cells, {n} figures, environment "
                          f"{summary.environment_key()}\nwritten to {path}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _add_history_parsers(sub) -> None:
+    hist = sub.add_parser("history", help="every figure over commits, with change points")
+    hist_sub = hist.add_subparsers(dest="action", required=True)
+    add = hist_sub.add_parser("add", help="append run folders' figures to the history file (again: no change)")
+    add.add_argument("runs", nargs="+", metavar="RUN", help="run folders (after bench and/or score)")
+    add.add_argument("--history", help="history file, or a folder to keep history.sqlite in (default ./history.sqlite)")
+    add.add_argument("--commit", help="git commit the runs measured (default: the one each run recorded)")
+    add.add_argument("--commit-time", help="commit time, unix seconds or ISO 8601 (default: git show in --repo, "
+                                           "else the run's creation time)")
+    add.add_argument("--repo", help="git repository to date the commit in (default: the current directory)")
+    add.set_defaults(func=_cmd_history_add)
+    rep = hist_sub.add_parser("report", help="HTML page, Markdown summary and CSV/Parquet of the history")
+    rep.add_argument("--history", help="history file or folder (default ./history.sqlite)")
+    rep.add_argument("--out", default="reports/history", help="report folder (default reports/history)")
+    rep.add_argument("--format", default="html,md,csv,parquet", help="comma-separated subset of html,md,csv,parquet")
+    rep.add_argument("--last", type=int, default=20, help="the Markdown summary lists steps of the last N commits")
+    rep.add_argument("--figure", action="append", metavar="PREFIX",
+                     help="only figures starting with PREFIX (repeatable), e.g. latency_ms:total")
+    rep.add_argument("--penalty", type=float, help="penalty per step, times log(n) (default 3; larger: fewer steps)")
+    rep.add_argument("--min-size", type=int, help="least points per segment (default 2)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.set_defaults(func=_cmd_history_report)
+
+
+def _cmd_history_add(args: argparse.Namespace) -> int:
+    from harness.history.store import HistoryStore
+
+    with HistoryStore(args.history) as store:
+        for run in args.runs:
+            r = store.add(run, commit=args.commit, commit_time=args.commit_time, repo=args.repo)
+            what = f"added {r.points} figures" if r.added else "already in the history, unchanged"
+            print(f"{run}: {what} (commit {r.commit[:12]}, dated by {r.commit_time_source})")
+        print(f"history: {store.path}")
+    return EXIT_OK
+
+
+def _cmd_history_report(args: argparse.Namespace) -> int:
+    from harness.history.changepoints import DEFAULT_MIN_SIZE, DEFAULT_PENALTY
+    from harness.history.report import build_history_report
+
+    result = build_history_report(args.history, args.out, args.format, last=args.last,
+                                  penalty=DEFAULT_PENALTY if args.penalty is None else args.penalty,
+                                  min_size=DEFAULT_MIN_SIZE if args.min_size is None else args.min_size,
+                                  figures=args.figure, progress=not args.no_progress)
+    print(f"{len(result.steps)} step(s), {len(result.recent_steps)} in the last {args.last} commits")
+    for fmt, path in result.files.items():
+        print(f"{fmt}: {path}")
     return EXIT_OK
 
 

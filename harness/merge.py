@@ -7,10 +7,13 @@ SQLite connections, one snapshot each), so merging a shard that is still running
 takes what that shard has committed so far.
 
 * Scores (the metrics table) are not merged; score the merged folder.
-* Conflicts are errors, exit 2, and nothing is merged: the same sample key with a different
-  audio hash, the same prompt id with a different text, or folders recorded in different
+* Conflicts are errors, exit 2, and nothing is merged: the same sample key with different
+  audio (see below), the same prompt id with a different text, or folders recorded in different
   environments (versions, git commit, device; ``--allow-env-mismatch`` merges anyway and records
   every folder's environment under the ``merged_from`` meta key).
+* The same key with a different audio hash is decoded from both folders: samples that agree
+  within ``BATCH_TOLERANCE`` are the same sample made in a different batch (see there), not a
+  conflict; the copy already chosen (OUT's, else the first folder's) is kept and a warning says so.
 * The same key stored as ``ok`` in one folder and ``failed`` in another keeps the ``ok`` row;
   identical rows are skipped; what OUT already holds wins over the folders, so merging twice
   gives the same result (idempotent) and merging shards one by one as they finish works.
@@ -28,17 +31,26 @@ from contextlib import closing
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy.io import wavfile
 
 from harness.environment import environment_differences, environment_key
 from harness.fileio import replace, sha256_file
-from harness.store import SCHEMA_VERSION, RunStore, StoreError, writer_lock
+from harness.store import (DATABASE, SCHEMA_VERSION, RunStore, StoreError, database_error, file_problem,
+                           inside_run, writer_lock)
 
 SHOW = 5  # conflicts named in an error message; the rest are counted
 # Scores (the metrics table) are not merged: a shard's FAD covers only its part of a cell, so
 # score the merged folder instead.
 MERGED_TABLES = ("meta", "cells", "samples", "measurements")
+# A sample does not depend on its batch neighbours in exact arithmetic, but batched float32
+# kernels round differently: the same sample made in batches of different make-up differed by
+# up to 5.6e-7 (issue 17). 1e-5 (about -100 dBFS) leaves 18x headroom and stays far below any
+# real difference (another seed or setting changes samples by ~1e-1).
+BATCH_TOLERANCE = 1e-5
 
 
 class MergeError(StoreError):
@@ -78,7 +90,7 @@ def _read_folder(root: Path) -> _Folder:
     try:
         db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=30)
     except sqlite3.Error as err:
-        raise MergeError(f"cannot open {path}: {err}") from None
+        raise MergeError(str(database_error(path, err))) from None
     db.row_factory = sqlite3.Row
     try:
         db.execute("BEGIN")  # one consistent snapshot of a folder that may still be written
@@ -96,7 +108,7 @@ def _read_folder(root: Path) -> _Folder:
                     if t not in MERGED_TABLES}
         db.rollback()
     except sqlite3.Error as err:
-        raise MergeError(f"cannot read {path}: {err}") from None
+        raise MergeError(str(database_error(path, err))) from None
     finally:
         db.close()
     return _Folder(root, meta, cells, samples, measurements, {t: n for t, n in unmerged.items() if n})
@@ -123,11 +135,22 @@ def _listing(items: list[str]) -> str:
     return shown + (f" and {len(items) - SHOW} more" if len(items) > SHOW else "")
 
 
-def _safe_relative(rel: str, where: Path) -> PurePosixPath:
-    path = PurePosixPath(rel)
-    if path.is_absolute() or ".." in path.parts or not path.parts or path.parts[0] != "audio":
-        raise MergeError(f"{where} has a sample with audio path {rel!r} outside its audio/ folder")
-    return path
+def _source_file(root: Path, row: dict[str, Any]) -> Path:
+    try:
+        return inside_run(root, row["audio_path"])
+    except StoreError as err:
+        raise MergeError(f"{err}; nothing was merged") from None
+
+
+def _audio_difference(a: Path, a_sha: str, b: Path, b_sha: str) -> float | None:
+    """Largest absolute sample difference of two stored WAVs; None when either file is missing or
+    changed, or their rates or lengths differ (then they are simply different audio)."""
+    if file_problem(a, a_sha) or file_problem(b, b_sha):
+        return None
+    (rate_a, x_a), (rate_b, x_b) = wavfile.read(a), wavfile.read(b)
+    if rate_a != rate_b or x_a.shape != x_b.shape:
+        return None
+    return float(np.max(np.abs(x_a.astype(np.float64) - x_b), initial=0.0))
 
 
 def merge_runs(out: str | Path, sources: list[str | Path], *, allow_env_mismatch: bool = False,
@@ -161,7 +184,7 @@ def merge_runs(out: str | Path, sources: list[str | Path], *, allow_env_mismatch
 
 def _remove_new_folder(out: Path) -> None:
     """Remove an output folder this merge created, when it refused to merge (nothing in it)."""
-    for name in ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm", "writer.pid", "writer.lock"):
+    for name in (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}.creating", "writer.pid", "writer.lock"):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "audio", ignore_errors=True)
     try:
@@ -194,7 +217,7 @@ def _plan(out: Path, existing: _Folder | None, folders: list[_Folder], allow_env
     prompt_text: dict[str, tuple[tuple, str]] = {}
     for key, (row, _) in chosen.items():
         prompt_text.setdefault(row["prompt_id"], ((row["prompt"], row["transcription"]), str(out)))
-    hash_conflicts, prompt_conflicts = [], []
+    hash_conflicts, prompt_conflicts, rebatched = [], [], []
     for folder in folders:
         for key, row in folder.samples.items():
             text, first_where = prompt_text.setdefault(row["prompt_id"],
@@ -207,8 +230,13 @@ def _plan(out: Path, existing: _Folder | None, folders: list[_Folder], allow_env
             prev, prev_folder = chosen[key]
             if prev["status"] == "ok" and row["status"] == "ok":
                 if prev["audio_sha256"] != row["audio_sha256"]:
-                    where = str(prev_folder.root) if prev_folder else str(out)
-                    hash_conflicts.append(f"{_key_text(key)} ({where} vs {folder.root})")
+                    where = prev_folder.root if prev_folder else out
+                    diff = _audio_difference(_source_file(where, prev), prev["audio_sha256"],
+                                             _source_file(folder.root, row), row["audio_sha256"])
+                    if diff is not None and diff <= BATCH_TOLERANCE:
+                        rebatched.append((f"{_key_text(key)} (kept {where}, not {folder.root})", diff))
+                    else:
+                        hash_conflicts.append(f"{_key_text(key)} ({where} vs {folder.root})")
             elif prev["status"] == "failed" and row["status"] == "ok":
                 chosen[key] = (row, folder)
     if hash_conflicts:
@@ -216,6 +244,11 @@ def _plan(out: Path, existing: _Folder | None, folders: list[_Folder], allow_env
             f"{len(hash_conflicts)} samples have different audio in different folders (same cell/prompt/seed, "
             f"different sha256): {_listing(hash_conflicts)}; nothing was merged"
         )
+    if rebatched:
+        result.warnings.append(
+            f"{len(rebatched)} samples differ in their bits but agree within {BATCH_TOLERANCE:g} (largest difference "
+            f"{max(d for _, d in rebatched):.2g}): the same sample made in a different batch, not a conflict; "
+            f"kept the copy already chosen: {_listing([k for k, _ in rebatched])}")
     if prompt_conflicts:
         unique = list(dict.fromkeys(prompt_conflicts))
         raise MergeError(f"{len(unique)} prompt ids have different texts in different folders: "
@@ -280,13 +313,9 @@ def _plan(out: Path, existing: _Folder | None, folders: list[_Folder], allow_env
 def _verify_sources(samples_from: list[tuple[_Folder, dict[str, Any]]]) -> None:
     bad = []
     for folder, row in samples_from:
-        rel = _safe_relative(row["audio_path"], folder.root)
-        path = folder.root / rel
-        if not path.is_file():
-            bad.append(f"{_key_text((row['cell_id'], row['prompt_id'], row['seed']))} (missing {path})")
-        elif sha256_file(path) != row["audio_sha256"]:
-            bad.append(f"{_key_text((row['cell_id'], row['prompt_id'], row['seed']))} ({path} does not match "
-                       "its recorded sha256)")
+        problem = file_problem(_source_file(folder.root, row), row["audio_sha256"])
+        if problem:
+            bad.append(f"{_key_text((row['cell_id'], row['prompt_id'], row['seed']))} ({problem})")
     if bad:
         raise MergeError(f"{len(bad)} audio files cannot be merged: {_listing(bad)}; nothing was merged")
 
@@ -346,8 +375,8 @@ def _place_files(out: Path, samples_from: list[tuple[_Folder, dict[str, Any]]], 
                  result: MergeResult) -> None:
     """Put every new sample's audio at its relative path in ``out`` (atomically), before any row."""
     for folder, row in samples_from:
-        rel = _safe_relative(row["audio_path"], folder.root)
-        src, dst = folder.root / rel, out / rel
+        src = _source_file(folder.root, row)
+        dst = out / src.relative_to(folder.root)
         if dst.is_file() and sha256_file(dst) == row["audio_sha256"]:
             continue  # already there (an earlier, interrupted merge, or the same file)
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from harness.stages import STAGES, TOTAL
-from harness.store import read_store
+from harness.store import inside_run, read_store
 
 QUALITY_METRICS = ("fad", "kad", "clap_score")
 
@@ -46,6 +46,7 @@ class RunData:
     samples: list[dict[str, Any]]
     measurements: list[dict[str, Any]]
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    duty: dict[str, Any] | None = None  # the last run invocation's duty cycle (generate/run.py)
 
     # Rows grouped by cell once: a sweep can hold hundreds of cells and ~1M samples, and every
     # per-cell figure would otherwise scan all of them again.
@@ -80,7 +81,7 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         samples = [dict(r) for r in store.db.execute(
             "SELECT * FROM samples ORDER BY cell_id, prompt_id, seed")]
         return RunData(path, label or path.resolve().name, store.get_meta("environment", {}) or {},
-                       cells, samples, store.measurements(), store.metrics())
+                       cells, samples, store.measurements(), store.metrics(), store.get_meta("duty_cycle"))
 
 
 def config_key(cell: dict[str, Any]) -> str:
@@ -121,7 +122,8 @@ def cell_frame(runs: Sequence[RunData]) -> pd.DataFrame:
 
 
 def sample_frame(runs: Sequence[RunData]) -> pd.DataFrame:
-    """One row per stored sample, with its cell's config key and the absolute audio path."""
+    """One row per stored sample, with its cell's config key and its audio path (refused, StoreError,
+    unless inside the run folder)."""
     rows = []
     for run in runs:
         keys = {c["id"]: config_key(c) for c in run.cells}
@@ -130,7 +132,8 @@ def sample_frame(runs: Sequence[RunData]) -> pd.DataFrame:
                 "run": run.label, "cell_id": s["cell_id"], "config_key": keys.get(s["cell_id"]),
                 "prompt_id": s["prompt_id"], "prompt": s["prompt"], "seed": s["seed"],
                 "status": s["status"], "error": s["error"], "flags": ",".join(json.loads(s["flags"])),
-                "audio_file": str(run.path / s["audio_path"]) if s["audio_path"] else None,
+                # Checked here, once for every reader: a crafted row must not name a file outside the run.
+                "audio_file": str(inside_run(run.path, s["audio_path"])) if s["audio_path"] else None,
                 "audio_sha256": s["audio_sha256"],
             })
     return pd.DataFrame(rows)

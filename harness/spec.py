@@ -9,6 +9,7 @@ new cells instead of mixing results. Seeds and prompts are not part of the cell:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -252,9 +253,11 @@ class Cell(_Strict):
     runtime: RuntimeOptions
     versions: dict[str, str]
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """Stable id: sha256 of the canonical JSON (versions included), first 16 hex digits."""
+        """Stable id: sha256 of the canonical JSON (versions included), first 16 hex digits.
+
+        Cached: planning asks it once per sample (a million times in a large sweep)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def canonical_json(self) -> str:

@@ -224,7 +224,7 @@ def test_failing_cell_never_blocks_the_others_and_retry_failed_redoes_it(make_sw
     import harness.generate.local as local
     from harness.cli import main
 
-    real = local.generate
+    real = local.generate_to_host
 
     def two_step_cell_fails(pipe, cond, seeds, steps, *args, **kwargs):
         if steps == 2:
@@ -233,7 +233,7 @@ def test_failing_cell_never_blocks_the_others_and_retry_failed_redoes_it(make_sw
 
     config = make_sweep(steps=[2, 3])  # the failing cell comes first
     args = ["run", config, "--run-dir", str(tmp_path / "run"), "--no-progress"]
-    monkeypatch.setattr(local, "generate", two_step_cell_fails)
+    monkeypatch.setattr(local, "generate_to_host", two_step_cell_fails)
     assert main(args) == 1  # samples failed: exit 1, and the other cell is complete
     rows = RunStore(tmp_path / "run").samples()
     by_steps = {s: [r for r in rows if r["steps"] == s] for s in (2, 3)}
@@ -241,7 +241,7 @@ def test_failing_cell_never_blocks_the_others_and_retry_failed_redoes_it(make_sw
     assert all(r["status"] == "failed" and "simulated failure in the 2-step cell" in r["error"] for r in by_steps[2])
     assert all(r["status"] == "ok" for r in by_steps[3])
     assert main(args) == 0 and "0 samples planned, 8 already stored" in capsys.readouterr().out
-    monkeypatch.setattr(local, "generate", real)
+    monkeypatch.setattr(local, "generate_to_host", real)
     assert main(args + ["--retry-failed"]) == 0
     assert "4 samples planned, 4 already stored, 4 generated, 0 failed" in capsys.readouterr().out
     assert {r["status"] for r in RunStore(tmp_path / "run").samples()} == {"ok"}

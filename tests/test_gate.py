@@ -10,8 +10,10 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import torch
 import scipy.stats
 
+from harness.generate.sampling import HostAudio
 from harness.measure.bench import bench_sweep
 from harness.cli import main
 from harness.gate import gate
@@ -437,14 +439,15 @@ def quality_runs(tmp_path_factory, tiny_audio_path, sweep_writer):
     runs = {name: root / name for name in ("base", "same", "noisy")}
     run_sweep(sweep, runs["base"], progress=False)
     run_sweep(sweep, runs["same"], progress=False)
-    original = local.generate
+    original = local.generate_to_host
 
     def noisy(*args, **kwargs):
-        audio = original(*args, **kwargs)
-        return audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
+        audio = original(*args, **kwargs).numpy()
+        audio = audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
+        return HostAudio(torch.from_numpy(audio), audio.shape[-1])
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local, "generate", noisy)
+        mp.setattr(local, "generate_to_host", noisy)
         run_sweep(sweep, runs["noisy"], progress=False)
     # The accepted outputs are the reference: the usual set-up of a model-quality regression test.
     cell_dir = next((runs["base"] / "audio").iterdir())

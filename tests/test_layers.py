@@ -20,7 +20,8 @@ TORCH_FREE = [
     "harness.score.metrics", "harness.score.embed.registry", "harness.score.scoring", "harness.score.compare",
     "harness.results", "harness.report.plots", "harness.report.build",
     "harness.gate", "harness.gate.policy", "harness.gate.summary", "harness.gate.compare",
-    "harness.gate.output", "harness.cli",
+    "harness.gate.output", "harness.text", "harness.verify",
+    "harness.history.store", "harness.history.changepoints", "harness.history.report", "harness.cli",
 ]
 
 _PROBE = """
@@ -68,7 +69,7 @@ print(json.dumps({{"code": code, "loaded": [m for m in {heavy!r} if m in sys.mod
 
 @pytest.mark.parametrize("argv", [
     ["report", "--help"], ["gate", "--help"], ["merge", "--help"], ["prompts", "--help"],
-    ["prompts", "smoke", "--limit", "2"], ["schedulers"], ["checkpoints", "list"],
+    ["prompts", "smoke", "--limit", "2"], ["schedulers"], ["checkpoints", "list"], ["history", "--help"],
 ])
 def test_reading_commands_start_without_torch(argv):
     result = _probe(_CLI.format(argv=argv, heavy=HEAVY))

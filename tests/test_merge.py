@@ -145,7 +145,7 @@ def test_corrupt_or_missing_audio_is_refused(tmp_path, cells, env):
     rows = RunStore(a).samples()
     (a / rows[0]["audio_path"]).write_bytes(b"not the audio")
     (a / rows[1]["audio_path"]).unlink()
-    with pytest.raises(MergeError, match="2 audio files cannot be merged.*does not match.*missing"):
+    with pytest.raises(MergeError, match="2 audio files cannot be merged.*changed since it was stored.*missing"):
         merge_runs(tmp_path / "out", [a])
     assert not (tmp_path / "out").exists()
 
@@ -203,3 +203,54 @@ def test_a_folder_still_being_written_merges_what_it_committed(tmp_path, cells, 
         assert merge_runs(tmp_path / "out", [tmp_path / "live"]).samples_added == 1  # the next one
     finally:
         live.close()
+
+
+def test_the_same_sample_made_in_another_batch_is_not_a_conflict(tmp_path, cells, env):
+    # Batched float32 kernels round differently: the same sample differs by ~5e-7 between batches.
+    near = np.float32(0.1) + np.float32(5e-7)
+    a = _folder(tmp_path / "a", cells, [(0, "p1", 0, 0.1), (0, "p1", 1, 0.2)], env)
+    b = _folder(tmp_path / "b", cells, [(0, "p1", 0, float(near)), (0, "p2", 0, 0.3)], env)
+    assert RunStore(a).samples()[0]["audio_sha256"] != RunStore(b).samples()[0]["audio_sha256"]
+    result = merge_runs(tmp_path / "out", [a, b])
+    assert result.samples_added == 3
+    warning = next(w for w in result.warnings if "different batch" in w)
+    assert warning.startswith("1 samples differ in their bits but agree within 1e-05 (largest difference 5e-07)")
+    assert f"{cells[0].id}/p1/0 (kept {a}, not {b})" in warning
+    kept = RunStore(tmp_path / "out").samples()[0]
+    assert kept["audio_sha256"] == RunStore(a).samples()[0]["audio_sha256"]
+    assert sha256_file(tmp_path / "out" / kept["audio_path"]) == kept["audio_sha256"]
+
+
+def test_audio_beyond_the_batch_tolerance_is_still_a_conflict(tmp_path, cells, env):
+    a = _folder(tmp_path / "a", cells, [(0, "p1", 0, 0.1)], env)
+    b = _folder(tmp_path / "b", cells, [(0, "p1", 0, 0.1 + 2e-5)], env)
+    with pytest.raises(MergeError, match="1 samples have different audio"):
+        merge_runs(tmp_path / "out", [a, b])
+
+
+def test_a_merge_killed_while_creating_its_output_is_finished_by_running_it_again(tmp_path, cells, env,
+                                                                                    monkeypatch):
+    import harness.store as store_module
+
+    a = _folder(tmp_path / "a", cells, [(0, "p1", 0, 0.1), (1, "p1", 0, 0.2)], env)
+    merge_runs(tmp_path / "whole", [a])
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # SIGKILL in the first moments: the schema built, not yet in place
+
+    monkeypatch.setattr(store_module, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        merge_runs(tmp_path / "out", [a])
+    monkeypatch.undo()
+    merge_runs(tmp_path / "out", [a])
+    merged, whole = _dump(tmp_path / "out"), _dump(tmp_path / "whole")
+    strip = lambda d: {t: [r for r in rows if t != "meta" or r[0] != "merged_from"] for t, rows in d[0].items()}
+    assert strip(merged) == strip(whole) and merged[1] == whole[1]
+
+
+def test_an_output_left_without_tables_is_named_with_the_way_out(tmp_path, cells, env):
+    a = _folder(tmp_path / "a", cells, [(0, "p1", 0, 0.1)], env)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.sqlite").write_bytes(b"")  # what an older harness killed early left
+    with pytest.raises(MergeError, match=r"out/run.sqlite holds no run.*Delete it"):
+        merge_runs(tmp_path / "out", [a])

@@ -33,7 +33,7 @@ def write_run(root: Path, name: str, steps: list[int], schedulers: list[str], fa
     sweep.write_text(f'name = "{name}"\ncheckpoints = ["tiny-audio"]\nschedulers = {json.dumps(schedulers)}\n'
                      f'steps = {json.dumps(steps)}\naudio_lengths_s = [0.5]\nseeds = [0, 1]\ndevice = "cpu"\n'
                      f'batch_size = 1\n[prompts]\nset = "{prompts}"\n')
-    real = local.generate
+    real = local.generate_to_host
 
     def failing(pipe, cond, seeds, n_steps, *args, **kwargs):
         if n_steps == 2 and seeds == [1]:
@@ -42,7 +42,7 @@ def write_run(root: Path, name: str, steps: list[int], schedulers: list[str], fa
 
     with pytest.MonkeyPatch.context() as mp:
         if fail:
-            mp.setattr(local, "generate", failing)
+            mp.setattr(local, "generate_to_host", failing)
         run_sweep(sweep, root / name, progress=False)
     return root / name
 

@@ -11,7 +11,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+from harness.generate.sampling import HostAudio
 from harness.generate.run import run_sweep
 from harness.store import RunStore, StoreError
 
@@ -72,14 +74,14 @@ def test_batch_size_does_not_change_audio(make_sweep, tmp_path):
 def test_failing_sample_is_stored_and_sweep_goes_on(make_sweep, tmp_path, monkeypatch):
     import harness.generate.local as local
 
-    real = local.generate
+    real = local.generate_to_host
 
     def flaky(pipe, cond, seeds, *args, **kwargs):
         if 1 in seeds:
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(pipe, cond, seeds, *args, **kwargs)
 
-    monkeypatch.setattr(local, "generate", flaky)
+    monkeypatch.setattr(local, "generate_to_host", flaky)
     result = run_sweep(make_sweep(), tmp_path / "run", progress=False)
     assert (result.report.done, result.report.failed) == (2, 2)
     failed = [r for r in RunStore(tmp_path / "run").samples() if r["status"] == "failed"]
@@ -87,7 +89,7 @@ def test_failing_sample_is_stored_and_sweep_goes_on(make_sweep, tmp_path, monkey
     assert all("CUDA out of memory (simulated)" in r["error"] and r["audio_path"] is None for r in failed)
     # resume skips failures unless asked; --retry-failed redoes them
     assert run_sweep(make_sweep(), tmp_path / "run", progress=False).planned == 0
-    monkeypatch.setattr(local, "generate", real)
+    monkeypatch.setattr(local, "generate_to_host", real)
     retried = run_sweep(make_sweep(), tmp_path / "run", retry_failed=True, progress=False)
     assert (retried.planned, retried.report.done) == (2, 2)
     assert {r["status"] for r in RunStore(tmp_path / "run").samples()} == {"ok"}
@@ -96,14 +98,14 @@ def test_failing_sample_is_stored_and_sweep_goes_on(make_sweep, tmp_path, monkey
 def test_nan_output_is_a_failed_flagged_sample(make_sweep, tmp_path, monkeypatch):
     import harness.generate.local as local
 
-    real = local.generate
+    real = local.generate_to_host
 
     def nan_for_seed_zero(pipe, cond, seeds, *args, **kwargs):
-        audio = real(pipe, cond, seeds, *args, **kwargs)
+        audio = real(pipe, cond, seeds, *args, **kwargs).numpy().copy()
         audio[[i for i, s in enumerate(seeds) if s == 0]] = np.nan
-        return audio
+        return HostAudio(torch.from_numpy(audio), audio.shape[-1])
 
-    monkeypatch.setattr(local, "generate", nan_for_seed_zero)
+    monkeypatch.setattr(local, "generate_to_host", nan_for_seed_zero)
     run_sweep(make_sweep(), tmp_path / "run", progress=False)
     rows = RunStore(tmp_path / "run").samples()
     bad = [r for r in rows if r["seed"] == 0]

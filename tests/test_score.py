@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from harness.fileio import sha256_file
 from harness.cli import main
 from harness.data.synthetic import write_synthetic_reference
 from harness.generate.run import run_sweep
@@ -121,8 +122,13 @@ def test_failed_and_silent_samples_are_counted_not_scored(make_sweep, tmp_path):
     import shutil
 
     files = sorted((run / "audio" / cell).glob("*.wav"))
-    for f in files[1:]:
-        shutil.copyfile(files[0], f)
+    db = sqlite3.connect(run / "run.sqlite")
+    with db:  # as if generation had made them: rows record the new content (else score refuses them)
+        for f in files[1:]:
+            shutil.copyfile(files[0], f)
+            db.execute("UPDATE samples SET audio_sha256=? WHERE audio_path=?",
+                       (sha256_file(f), f.relative_to(run).as_posix()))
+    db.close()
     same = score_run(run, str(tmp_path / "ref"), ["mel"], bootstrap=0, cache_dir=tmp_path / "cache")
     assert all("constant_embeddings" in r["details"]["degenerate"] for r in same.rows)
     assert all(r["ci_low"] is None and r["value"] is not None for r in same.rows)

@@ -121,3 +121,87 @@ def test_read_only_open_leaves_partial_files_alone(store, cell):
     reader = RunStore.read_only(store.root)
     assert reader.samples() == [] and tmp.exists()
     reader.close()
+
+
+# --- the database file: created whole, never silently re-created, errors name it ---------------------
+
+@pytest.mark.parametrize("content", [b"", "schemaless"])
+def test_an_empty_or_schemaless_database_is_an_error_naming_it(tmp_path, content, capsys):
+    from harness.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "run.sqlite"
+    if content == "schemaless":  # e.g. a killed creation by an older harness: tables missing
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE other (x)")
+        db.close()
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    for open_it in (RunStore, RunStore.read_only):
+        with pytest.raises(StoreError, match=rf"{path}.*holds no run.*Delete it"):
+            open_it(run)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    assert str(path) in capsys.readouterr().err
+    assert path.read_bytes() == before  # not re-initialised
+    assert not (run / "audio").exists() or not any((run / "audio").iterdir())
+
+
+def test_a_damaged_database_is_an_error_naming_it_and_the_way_out(tmp_path, store, cell):
+    store.write_sample(_record(cell), np.zeros(10, np.float32), 16000)
+    store.close()
+    path = store.root / "run.sqlite"
+    path.write_bytes(b"this is not an SQLite file at all" * 200)
+    for open_it in (RunStore, RunStore.read_only):
+        with pytest.raises(StoreError, match=rf"{path} is damaged and cannot be read as a run database.*restore it from a copy"):
+            open_it(store.root)
+
+
+def test_database_errors_inside_a_reader_name_the_file(store):
+    from harness.store import read_store
+
+    store.close()
+    with pytest.raises(StoreError, match=rf"{store.root / 'run.sqlite'} is damaged.*malformed"):
+        with read_store(store.root):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+
+def test_a_creation_killed_half_way_leaves_no_database_and_the_next_open_finishes(tmp_path, monkeypatch):
+    import harness.store as store_module
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # stands in for SIGKILL between building the schema and the rename
+
+    monkeypatch.setattr(store_module, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        RunStore(tmp_path / "run")
+    assert not (tmp_path / "run" / "run.sqlite").exists()
+    assert (tmp_path / "run" / "run.sqlite.creating").exists()  # the half-built one, never opened as the store
+    monkeypatch.undo()
+    store = RunStore(tmp_path / "run")
+    assert store.get_meta("schema_version") == 1 and store.samples() == []
+    store.close()
+    assert not (tmp_path / "run" / "run.sqlite.creating").exists()
+
+
+# --- no row dropped silently -----------------------------------------------------------------------------
+
+def test_a_cell_that_cannot_be_stored_is_an_error_not_a_dropped_row(tmp_path, cell):
+    store = RunStore(tmp_path / "run")
+    nan_cell = cell.model_copy(update={"guidance_scale": float("nan")})  # SQLite stores NaN as NULL
+    with pytest.raises(StoreError, match="cannot be stored.*guidance_scale"):
+        store.add_cells([nan_cell], {})
+    assert store.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 0
+    store.add_cells([cell], {})
+    store.add_cells([cell], {})  # already stored: nothing to do, no error
+    assert store.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 1
+    store.close()
+
+
+def test_a_sample_of_an_unrecorded_cell_is_refused(tmp_path, cell):
+    store = RunStore(tmp_path / "run")
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        store.write_sample(_record(cell), None, 16000)
+    assert store.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+    store.close()

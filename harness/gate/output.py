@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.gate.compare import FAILING, GateResult, Verdict
+from harness.text import visible
 
 _MARK = {"pass": "pass", "improved": "improved", "regression": "**REGRESSION**", "missing": "**MISSING**",
          "incomparable": "**CANNOT COMPARE**"}
@@ -32,7 +32,7 @@ def _change(v: Verdict) -> str:
 
 def _escape(text: str) -> str:
     # GitHub renders inline HTML in comments: escape it, and the table's pipes.
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+    return html.escape(visible(text), quote=False).replace("|", "\\|")
 
 
 def markdown(result: GateResult, title: str = "audioldm2-harness gate") -> str:
@@ -67,11 +67,8 @@ def _table(verdicts: list[Verdict]) -> list[str]:
     return rows
 
 
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
-
-
 def _xml(text: str) -> str:
-    return _XML_INVALID.sub("?", text)
+    return visible(text)  # XML 1.0 cannot carry most control characters: show them instead
 
 
 def junit(result: GateResult, path: str | Path, suite: str = "audioldm2-harness gate") -> Path:
@@ -85,9 +82,9 @@ def junit(result: GateResult, path: str | Path, suite: str = "audioldm2-harness 
         detail = _xml(f"baseline {_num(v.baseline)} {v.unit}, candidate {_num(v.candidate)} {v.unit}, "
                   f"change {_change(v)} (allowed {v.allowed}); {v.test}; p={_num(v.p_value)}")
         if v.status in FAILING:
-            ET.SubElement(case, "failure", message=f"{v.status}: {v.figure}").text = detail
+            ET.SubElement(case, "failure", message=_xml(f"{v.status}: {v.figure}")).text = detail
         elif v.status == "incomparable":
-            ET.SubElement(case, "error", message=f"cannot compare {v.figure}").text = detail
+            ET.SubElement(case, "error", message=_xml(f"cannot compare {v.figure}")).text = detail
         else:
             ET.SubElement(case, "system-out").text = detail
     path = Path(path)

@@ -8,7 +8,9 @@ leaves a stale lock) guards it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.spec import Cell, ConfigError, SweepSpec, check_runtime, expand, load_spec
@@ -18,6 +20,7 @@ from harness.generate.local import ExecutionReport, LocalExecutor
 from harness.plan import WorkItem, cut_batches, plan
 from harness.plan.shard import Shard, check_shard_folder, partition, shard_meta
 from harness.generate.load import check_device_dtype
+from harness.measure.utilization import GpuUtilization
 from harness.store import open_store
 
 
@@ -31,6 +34,8 @@ class RunResult:
     skipped: int
     report: ExecutionReport
     shard_note: str | None = None  # with --shard: this shard's part of the sweep
+    duty: dict | None = None  # pipeline-call seconds over wall seconds of this invocation (see duty_cycle)
+    damaged: list[str] = field(default_factory=list)  # stored samples regenerated: file missing or changed
 
 
 def default_run_dir(spec: SweepSpec) -> Path:
@@ -54,7 +59,7 @@ def prepare(config: str | Path) -> tuple[SweepSpec, list[Cell], PromptSet]:
 def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_failed: bool = False,
               batch_size: int | None = None, conditioning_cache: bool = True,
               progress: bool = True, shard: Shard | None = None, executor: str = "local",
-              executor_options: dict | None = None) -> RunResult:
+              executor_options: dict | None = None, async_writes: bool = True) -> RunResult:
     """Run (or resume) a sweep file into a run folder (with ``shard``: only that part of it)."""
     spec, cells, prompts = prepare(config)
     run_dir_given = bool(run_dir)
@@ -64,11 +69,12 @@ def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_fa
     with open_store(run_dir) as store:
         return _run_locked(spec, Path(config), cells, prompts, store, retry_failed,
                            batch_size or spec.batch_size, conditioning_cache, progress, shard,
-                           executor, executor_options or {})
+                           executor, executor_options or {}, async_writes)
 
 
 def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_size,
-                conditioning_cache, progress, shard=None, executor="local", executor_options=None) -> RunResult:
+                conditioning_cache, progress, shard=None, executor="local", executor_options=None,
+                async_writes=True) -> RunResult:
     store.check_prompts({p.id: (p.text, p.transcription) for p in prompts.prompts})
     check_shard_folder(store.get_meta("shard"), bool(store.done_keys()), shard, batch_size, store.root)
     shard_note = None
@@ -79,6 +85,7 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
     store.set_meta("environment", fingerprint())
     store.set_meta(f"config:{spec.name}", config_path.read_text())
     store.add_cells(cells, {})  # batch size lives on sample rows: it may differ between resumes
+    damaged = _drop_damaged(store, cells)
     done = store.done_keys(include_failed=not retry_failed)
     batches, todo, skipped = plan(spec, cells, prompts, done, batch_size, shard)
     bar = _progress_bar(todo, skipped, progress)
@@ -89,12 +96,42 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
                                on_sample=lambda item: _advance(bar, item), **(executor_options or {}))
     else:
         executor = LocalExecutor(store, batch_size, conditioning_cache, spec.allow_unsafe_schedulers,
-                                 on_sample=lambda item: _advance(bar, item))
+                                 on_sample=lambda item: _advance(bar, item), async_writes=async_writes)
+    start = time.perf_counter()
     try:
-        report = executor.run(batches)
+        with GpuUtilization(cells[0].device if cells else "cpu") as gpu:
+            report = executor.run(batches)
     finally:
         bar.close()
-    return RunResult(store.root, cells, todo, skipped, report, shard_note)
+    duty = None
+    if todo and isinstance(executor, LocalExecutor):  # Ray actors overlap: calls over wall means nothing there
+        duty = duty_cycle(report.call_seconds, time.perf_counter() - start, report.setup_seconds, gpu.mean())
+        store.set_meta("duty_cycle", duty)
+    return RunResult(store.root, cells, todo, skipped, report, shard_note, duty, damaged)
+
+
+def _drop_damaged(store, cells: list[Cell]) -> list[str]:
+    """Forget stored samples whose audio file is missing or changed (saying so), so they are made again."""
+    from harness.store import sample_key
+
+    damaged = [f"{sample_key(row)}: {problem}" for row, problem in store.drop_damaged_samples(c.id for c in cells)]
+    if damaged:
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        print(f"audioldm2-harness run: {len(damaged)} stored sample(s) have a missing or changed audio file and "
+              f"will be generated again: {'; '.join(damaged[:3])}{more}", file=sys.stderr)
+    return damaged
+
+
+def duty_cycle(call_seconds: float, wall_seconds: float, setup_seconds: float,
+               gpu_utilization: float | None) -> dict[str, float | None]:
+    """How busy generation kept the device: pipeline-call seconds over the sweep's wall seconds
+    (and over wall seconds less per-cell set-up: loading pipelines, swapping schedulers), with
+    NVML's mean utilisation on CUDA."""
+    busy_wall = max(wall_seconds - setup_seconds, 1e-9)
+    return {"call_seconds": call_seconds, "wall_seconds": wall_seconds, "setup_seconds": setup_seconds,
+            "duty_cycle": call_seconds / max(wall_seconds, 1e-9),
+            "duty_cycle_without_setup": min(call_seconds / busy_wall, 1.0),
+            "gpu_utilization_mean": gpu_utilization}
 
 
 def _progress_bar(total: int, skipped: int, enabled: bool):

@@ -51,4 +51,11 @@ def print_summary(result: RunResult) -> None:
         f"{result.report.done} generated, {result.report.failed} failed. "
         "RTF = compute seconds per second of audio."
     )
+    if result.duty:
+        d = result.duty
+        console.print(f"duty cycle {d['duty_cycle']:.3f} (pipeline calls {d['call_seconds']:.1f} s of "
+                      f"{d['wall_seconds']:.1f} s wall; {d['duty_cycle_without_setup']:.3f} without "
+                      f"{d['setup_seconds']:.1f} s of cell set-up (loading pipelines, swapping schedulers)"
+                      + (f"; GPU utilisation {d['gpu_utilization_mean']:.0f}%" if d["gpu_utilization_mean"] is not None
+                         else "") + ")", highlight=False)
     console.print(f"run folder: {result.run_dir.resolve()}", highlight=False, soft_wrap=True)

@@ -66,21 +66,50 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
     return latents
 
 
+class HostAudio:
+    """Waveforms on their way to host memory; ``numpy()`` waits for the copy and returns them.
+
+    On CUDA the vocoder output is copied into pinned memory without blocking, so the next batch
+    can be queued on the GPU while the writer thread waits for this one.
+    """
+
+    def __init__(self, host: torch.Tensor, keep: int, copied: torch.cuda.Event | None = None) -> None:
+        self._host, self._keep, self._copied = host, keep, copied
+
+    def numpy(self) -> np.ndarray:
+        """Float32 waveforms of shape (batch, keep)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self._host[:, :self._keep].numpy().astype(np.float32, copy=False)
+
+
 @torch.no_grad()
-def decode(pipe, latents: torch.Tensor, keep: int, tracker: Tracker) -> np.ndarray:
-    """VAE decode and vocoder; returns float32 waveforms of shape (batch, keep)."""
+def decode(pipe, latents: torch.Tensor, keep: int, tracker: Tracker) -> HostAudio:
+    """VAE decode and vocoder (as ``pipe.mel_spectrogram_to_waveform``), copied to the host."""
     with tracker.stage(VAE_DECODE):
         mel = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     with tracker.stage(VOCODER):
-        audio = pipe.mel_spectrogram_to_waveform(mel)[:, :keep]
-    return audio.numpy().astype(np.float32, copy=False)
+        waveform = pipe.vocoder(mel.squeeze(1) if mel.dim() == 4 else mel).float()
+    if waveform.device.type != "cuda":
+        return HostAudio(waveform, keep)
+    host = torch.empty(waveform.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(waveform, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return HostAudio(host, keep, copied)
 
 
-def generate(pipe, cond: Conditioning, seeds: list[int], steps: int, guidance_scale: float,
-             audio_length_s: float, tracker: Tracker | None = None) -> np.ndarray:
+def generate_to_host(pipe, cond: Conditioning, seeds: list[int], steps: int, guidance_scale: float,
+                     audio_length_s: float, tracker: Tracker | None = None) -> HostAudio:
     """Generate one waveform per seed from a stacked conditioning (see conditioning.stack)."""
     tracker = tracker or NullTracker()
     height, keep = latent_height(pipe, audio_length_s)
     with tracker.stage(DENOISE):
         latents = denoise(pipe, cond, generators_for(seeds), steps, guidance_scale, height, tracker)
     return decode(pipe, latents, keep, tracker)
+
+
+def generate(pipe, cond: Conditioning, seeds: list[int], steps: int, guidance_scale: float,
+             audio_length_s: float, tracker: Tracker | None = None) -> np.ndarray:
+    """``generate_to_host`` and wait: float32 waveforms of shape (batch, samples)."""
+    return generate_to_host(pipe, cond, seeds, steps, guidance_scale, audio_length_s, tracker).numpy()

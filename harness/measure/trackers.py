@@ -40,16 +40,23 @@ class _CpuClock:
 
 
 class _CudaClock:
+    def __init__(self) -> None:
+        self._last: torch.cuda.Event | None = None
+
     def mark(self) -> torch.cuda.Event:
         event = torch.cuda.Event(enable_timing=True)
         event.record()
+        self._last = event
         return event
 
     def seconds(self, start: torch.cuda.Event, end: torch.cuda.Event) -> float:
         return start.elapsed_time(end) / 1000.0
 
     def sync(self) -> None:
-        torch.cuda.synchronize()
+        # The last event, not the whole device: results read on the writer thread must not wait
+        # for the next batch the generating thread has queued meanwhile.
+        if self._last is not None:
+            self._last.synchronize()
 
 
 def _is_cuda(device: str | torch.device) -> bool:

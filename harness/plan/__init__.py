@@ -8,7 +8,7 @@ resume or a shard recomputes a partly stored batch with the same neighbours.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from harness.checkpoints.registry import describe
 from harness.data.prompts import Prompt, PromptSet
@@ -18,9 +18,8 @@ if TYPE_CHECKING:
     from harness.plan.shard import Shard
 
 
-@dataclass(frozen=True)
-class WorkItem:
-    """One sample to make: a cell, a prompt and a seed."""
+class WorkItem(NamedTuple):
+    """One sample to make: a cell, a prompt and a seed (a tuple: plans hold a million of them)."""
 
     cell: Cell
     prompt: Prompt
@@ -59,12 +58,18 @@ def prompts_for(checkpoint: str, prompts: PromptSet, limit: int | None) -> list[
     return chosen[:limit] if limit else chosen
 
 
+def _pairs(spec: SweepSpec, prompts: PromptSet) -> dict[str, list[tuple[Prompt, int]]]:
+    """Each checkpoint's (prompt, seed) pairs in plan order."""
+    return {c.id: [(p, seed) for p in prompts_for(c.id, prompts, spec.prompts.limit) for seed in spec.seeds]
+            for c in spec.checkpoints}
+
+
 def cut_batches(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, batch_size: int) -> list[Batch]:
     """The full plan, cut into batches whatever the store holds (so resumes and shards agree)."""
-    per_checkpoint = {c.id: prompts_for(c.id, prompts, spec.prompts.limit) for c in spec.checkpoints}
+    per_checkpoint = _pairs(spec, prompts)
     batches = []
     for cell in cells:
-        items = [WorkItem(cell, p, seed) for p in per_checkpoint[cell.checkpoint] for seed in spec.seeds]
+        items = [WorkItem(cell, p, seed) for p, seed in per_checkpoint[cell.checkpoint]]
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start:start + batch_size])
             batches.append(Batch(cell, chunk, (True,) * len(chunk)))
@@ -75,13 +80,35 @@ def plan(spec: SweepSpec, cells: list[Cell], prompts: PromptSet, done: set[tuple
          batch_size: int, shard: Shard | None = None) -> tuple[list[Batch], int, int]:
     """Batches holding work not yet in the store; also (samples to do, samples already stored).
 
-    With ``shard``, only the batches the partition of the full plan gives that shard.
+    With ``shard``, only the batches the partition of the full plan gives that shard. Without,
+    keys are compared as plain tuples and no item is built for a batch the store already holds,
+    so resuming a fully stored sweep of a million samples takes seconds.
     """
-    full = cut_batches(spec, cells, prompts, batch_size)
     if shard is not None:
         from harness.plan.shard import partition
 
-        full = partition(full, shard.count).select(shard)
+        return _unfinished(partition(cut_batches(spec, cells, prompts, batch_size), shard.count).select(shard), done)
+    done_by_cell: dict[str, set[tuple[str, int]]] = {}
+    for cell_id, prompt_id, seed in done:
+        done_by_cell.setdefault(cell_id, set()).add((prompt_id, seed))
+    per_checkpoint = _pairs(spec, prompts)
+    keys = {ckpt: [(p.id, seed) for p, seed in pairs] for ckpt, pairs in per_checkpoint.items()}
+    batches, todo_count, total = [], 0, 0
+    for cell in cells:
+        pairs, cell_keys, stored = per_checkpoint[cell.checkpoint], keys[cell.checkpoint], done_by_cell.get(cell.id, ())
+        total += len(pairs)
+        if stored and len(stored) >= len(cell_keys) and stored.issuperset(cell_keys):
+            continue  # the whole cell is stored: one set operation instead of one lookup per sample
+        for start in range(0, len(pairs), batch_size):
+            todo = tuple(k not in stored for k in cell_keys[start:start + batch_size])
+            if any(todo):
+                chunk = pairs[start:start + batch_size]
+                batches.append(Batch(cell, tuple(WorkItem(cell, p, seed) for p, seed in chunk), todo))
+                todo_count += sum(todo)
+    return batches, todo_count, total - todo_count
+
+
+def _unfinished(full: list[Batch], done: set[tuple[str, str, int]]) -> tuple[list[Batch], int, int]:
     batches, todo_count, total = [], 0, 0
     for batch in full:
         total += len(batch.items)

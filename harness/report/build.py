@@ -6,10 +6,10 @@ plays copied under ``audio/`` (named by content hash), so it works from file:// 
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 from harness.results import RunData, cell_frame, load_run, quality_columns, sample_frame
+from harness.fileio import atomic_write_bytes
+from harness.store import file_problem
+from harness.text import visible
 from harness.report.plots import HIGHER_IS_BETTER, MEMORY_KINDS, PLOTS, metric_title
 
 FORMATS = ("html", "md", "csv", "parquet")
@@ -34,6 +37,7 @@ class ReportResult:
     files: dict[str, Path] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     audio: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. audio not served: missing or changed
 
     @property
     def paths(self) -> list[Path]:
@@ -68,15 +72,24 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path,
     cells = display_order(cells, [r.label for r in runs])
     result = ReportResult(out)
     if "csv" in formats:
-        cells.to_csv(out / FILES["csv"], index=False)
+        _visible_text(cells).to_csv(out / FILES["csv"], index=False)
     if "parquet" in formats:
         cells.to_parquet(out / FILES["parquet"], index=False)
     if "md" in formats:
         (out / FILES["md"]).write_text(markdown_report(cells, samples, runs), encoding="utf-8")
     if "html" in formats:
-        result.plots, result.audio = _write_html(cells, samples, runs, out, listen, formats)
+        result.plots, result.audio, result.warnings = _write_html(cells, samples, runs, out, listen, formats)
     result.files = {f: out / FILES[f] for f in formats}
     return result
+
+
+def _visible_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells show control characters (``harness.text.visible``)."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(lambda v: visible(v) if isinstance(v, str) else v)
+    return out
 
 
 def load_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[RunData]:
@@ -144,8 +157,8 @@ def quality_text(row: pd.Series, column: str) -> str:
 
 
 def _md(text: Any) -> str:
-    # Table-safe and inert on GitHub: no raw HTML, no column breaks, one line.
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+    # Table-safe and inert on GitHub: no raw HTML, no column breaks, one line, controls visible.
+    return html.escape(" ".join(visible(str(text)).split()), quote=False).replace("|", "\\|")
 
 
 def _error_line(text: Any, limit: int = 300) -> str:
@@ -161,6 +174,7 @@ def markdown_report(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[R
     quality = quality_columns(cells)
     header = [*(["run"] if multi else []), "cell", "ok / failed / flagged", "latency p50 (ms)", "RTF",
               *(metric_title(q).split(",")[0] for q in quality)]
+    duty = [f"{_md(r.label)} {r.duty['duty_cycle']:.3f}" for r in runs if r.duty]
     lines = [f"## AudioLDM 2 report: {_md(', '.join(r.label for r in runs))}", "",
              "| " + " | ".join(_md(h) for h in header) + " |",
              "|" + "---|" * (len(header) - len(quality) - 2) + "---:|" * (2 + len(quality))]
@@ -171,7 +185,9 @@ def markdown_report(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[R
                   fmt(_get(row, "latency_ms:total:p50")), fmt(_get(row, "rtf"), 3),
                   *(_md(quality_text(row, q)) for q in quality)]
         lines.append("| " + " | ".join(values) + " |")
-    lines += ["", *_md_failures(cells, samples, multi), "", *(_md(c) + "  " for c in conventions(runs, cells))]
+    lines += ["", *_md_failures(cells, samples, multi), "",
+              *([f"Duty cycle of the last generation (pipeline-call s / wall s): {', '.join(duty)}", ""] if duty else []),
+              *(_md(c) + "  " for c in conventions(runs, cells))]
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +231,7 @@ def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
 # ---- HTML ------------------------------------------------------------------------------------
 
 def _write_html(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[RunData], out: Path,
-                listen: int, formats: Sequence[str]) -> tuple[list[Path], list[Path]]:
+                listen: int, formats: Sequence[str]) -> tuple[list[Path], list[Path], list[str]]:
     from harness.report.plots import write_plots
 
     plots = write_plots(cells, out / "plots")
@@ -234,15 +250,19 @@ def _write_html(cells: pd.DataFrame, samples: pd.DataFrame, runs: Sequence[RunDa
         "downloads": [FILES[f] for f in formats if f != "html"],
     }
     (out / FILES["html"]).write_text(_template().render(**context), encoding="utf-8")
-    return plots, audio
+    unserved = [e["error"] for row in listen_rows for e in row["cells"]
+                if e["error"] and e["error"].startswith("audio not served")]
+    return plots, audio, unserved
 
 
 def _template():
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     # autoescape on for every template: prompts, labels and paths are user text.
+    # finalize: every value shows its control characters (a NUL byte never reaches the page raw).
     env = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      finalize=lambda v: visible(v) if type(v) is str else v)
     return env.get_template("report.html.j2")
 
 
@@ -257,7 +277,8 @@ def _run_info(run: RunData) -> dict[str, Any]:
     return {"label": run.label, "path": str(run.path.resolve()), "cells": len(run.cells),
             "samples": len(run.samples), "failed": failed, "git": str(env.get("git_commit") or "–")[:12],
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
-            "device": "CUDA" if env.get("cuda_available") else str(env.get("cpu") or "–")}
+            "device": "CUDA" if env.get("cuda_available") else str(env.get("cpu") or "–"),
+            "duty": "–" if not run.duty else f"{run.duty['duty_cycle']:.3f}"}
 
 
 def _num_cell(value: Any, text: str | None = None, sub: str = "") -> dict[str, Any]:
@@ -346,12 +367,15 @@ def _listen_entry(sample: Any, out: Path) -> tuple[dict[str, str | None], Path |
     if sample.status != "ok":
         return {"src": None, "error": _error_line(sample.error) or "failed (no error text)", "missing": None}, None
     src = Path(sample.audio_file) if sample.audio_file else None
-    if src is None or not src.is_file() or not sample.audio_sha256:
-        return {"src": None, "error": f"audio file missing: {src}", "missing": None}, None
+    problem = file_problem(src, sample.audio_sha256) if src is not None else "no audio file recorded"
+    if problem:  # never serve audio that is not what was stored
+        return {"src": None, "error": f"audio not served: {problem}", "missing": None}, None
     dest = out / "audio" / f"{sample.audio_sha256}.wav"
     if not dest.exists():  # content-addressed: identical audio is stored once
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        data = src.read_bytes()  # the bytes checked are the bytes served, even if the file changes now
+        if hashlib.sha256(data).hexdigest() != sample.audio_sha256:
+            return {"src": None, "error": f"audio not served: {src} changed while it was read", "missing": None}, None
+        atomic_write_bytes(dest, data)
     return {"src": dest.relative_to(out).as_posix(), "error": None, "missing": None}, dest
 
 

@@ -34,7 +34,7 @@ from harness.score.metrics import (
     permutation_test_sets,
 )
 from harness.score.scoring import ScoreError, build_embedder, clip_loader, clip_matrix, parse_embedders, resolve_cell
-from harness.store import read_store
+from harness.store import inside_run, read_store, require_intact_audio
 
 
 @dataclass
@@ -84,7 +84,9 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
         options["clap"] = {"model": clap_model}
     built = [build_embedder(n, options.get(n, {}), device) for n in parse_embedders(embedders)]
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
-    paths = [root / p["a"]["audio_path"] for p in pairs] + [root / p["b"]["audio_path"] for p in pairs] + ref_paths
+    rows = [p["a"] for p in pairs] + [p["b"] for p in pairs]
+    require_intact_audio(root, rows)
+    paths = [inside_run(root, r["audio_path"]) for r in rows] + ref_paths
     emb = embed_sources([AudioSource(str(p), clip_loader(p)) for p in paths], built, cache)
     if emb.errors:
         raise ScoreError(f"{len(emb.errors)} clip(s) could not be embedded, e.g. {next(iter(emb.errors.values()))}")
@@ -112,10 +114,11 @@ def _pairs(samples: list[dict[str, Any]], a: str, b: str) -> list[dict[str, dict
 def _reference_paths(root: Path, reference: str, samples, cells, follow_external_links: bool = False) -> list[Path]:
     if reference.startswith("cell:"):
         ref = resolve_cell(reference[5:].strip(), cells)
-        paths = [root / s["audio_path"] for s in samples if s["cell_id"] == ref and s["status"] == "ok"]
-        if len(paths) < 2:
-            raise ScoreError(f"reference cell:{ref} has {len(paths)} ok sample(s); FAD/KAD need >= 2")
-        return paths
+        rows = [s for s in samples if s["cell_id"] == ref and s["status"] == "ok"]
+        if len(rows) < 2:
+            raise ScoreError(f"reference cell:{ref} has {len(rows)} ok sample(s); FAD/KAD need >= 2")
+        require_intact_audio(root, rows)
+        return [inside_run(root, s["audio_path"]) for s in rows]
     ref_set = ingest_reference_folder(reference, min_duration_s=DEFAULT_MIN_DURATION_S,
                                       follow_external_links=follow_external_links)
     if len(ref_set.entries) < 2:

@@ -69,7 +69,7 @@ from harness.score.metrics import (
     median_pairwise_distance,
     set_metric_ci,
 )
-from harness.store import RunStore, open_store
+from harness.store import RunStore, open_store, require_intact_audio
 
 __all__ = ["METRICS", "ScoreError", "ScoreResult", "parse_embedders", "print_scores", "score_run"]
 
@@ -218,6 +218,9 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
                 f"{len(ref_set.quarantine)} quarantined, see {report_path}"
             )
 
+    # --- stored audio: every file inside the run folder and unchanged since it was stored
+    require_intact_audio(root, [r for c in [*wanted, *([ref_cell] if ref_cell else [])] for r in by_cell[c]])
+
     # --- embedders (built after the cheap checks: loading CLAP takes a while)
     built = [build_embedder(n, options.get(n, {}), device) for n in names]
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
@@ -232,7 +235,7 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
             continue
         index = []
         for r in ok:
-            path = root / r["audio_path"]
+            path = store.resolve(r["audio_path"])
             index.append(len(sources))
             sources.append(AudioSource(str(path), clip_loader(path)))
         groups[cell_id] = _Group(ok, len(by_cell[cell_id]) - len(ok), index)

@@ -1,41 +1,45 @@
-"""``clap`` and ``tiny-clap``: transformers ``ClapModel`` audio and text embeddings.
+"""``clap`` and ``tiny-clap``: CLAP audio and text embeddings exactly as laion_clap 1.1.7 computes them.
 
-``clap`` loads a converted LAION CLAP checkpoint from a hub id or a local folder (default
-``laion/clap-htsat-fused``; deliberately not AudioLDM 2's own CLAP text encoder, whose
-embeddings the model was conditioned on). ``tiny-clap`` is a random-weight ClapModel built
-offline from the tiny-checkpoint helpers (same sizes as the tiny pipeline's CLAP, a different
-seed), for tests.
+The model is transformers' ``ClapModel`` (``clap``: a converted LAION checkpoint from a hub id or
+a local folder, default ``laion/clap-htsat-fused``, which holds the weights of laion_clap's
+``630k-audioset-fusion-best.pt``; ``tiny-clap``: random weights built offline, for tests). The
+computation is that of laion_clap's ``CLAP_Module.get_audio_embedding_from_data`` and
+``get_text_embedding`` (``hook.py`` and ``training/data.py: get_audio_features``), with its
+random choices made deterministic:
 
-Audio is 48 kHz mono. Window rule (fixed, no randomness): with W = the feature extractor's
-``max_length_s`` (10 s for the LAION checkpoints),
+* audio at 48 kHz (soxr HQ, what ``librosa.load(sr=48000)`` uses in laion's file-list path);
+* the int16 round trip ``int16_to_float32(float32_to_int16(x))``: clip to [-1, 1], scale by
+  32767, truncate to int16, divide by 32767;
+* a clip of at most 10 s (``max_length_s`` x rate = 480,000 samples) is repeat-padded to 10 s:
+  tiled ``floor(480000 / n)`` times, then zero-padded;
+* fused models: the log-mel (HTK mel filters without norm, ``10 log10(max(mel, 1e-10))``) of the
+  padded clip, stacked four times, with ``is_longer = False`` (laion's eval branch);
+  a longer clip takes the fusion branch: the log-mel of the whole clip, its three chunks of
+  ``C = 480000 // 480 + 1 = 1001`` frames starting at one random frame of each third of the
+  possible starts (``np.array_split(range(T - C + 1), 3)``), and the whole mel resized to
+  (C, 64) (bilinear, ``align_corners=False``; antialiased as current torchvision's ``Resize``
+  does by default, or not, as older torchvision and transformers' ``ClapFeatureExtractor`` do:
+  ``resize_antialias``), with ``is_longer = True``. A clip of 10 s plus less than one hop has
+  ``T == C`` and, as in laion, is its own mel stacked four times, not longer;
+* unfused models: the log-mel with Slaney filters (HTSAT's own front end); a longer clip is
+  cut to one random 10 s piece (laion's ``rand_trunc``);
+* the random choices (the three chunk starts, the crop offset) are drawn, per clip, from
+  ``np.random.RandomState(fusion_seed)`` exactly as laion draws them from numpy's global RNG,
+  so ``np.random.seed(fusion_seed)`` before a one-clip laion call makes the same choice, and the
+  same audio always gives the same embedding whatever its batch neighbours; the global RNG is
+  never touched;
+* text: RoBERTa tokens padded and truncated to exactly 77 (``padding="max_length"``);
+* embeddings: the L2-normalised projections (one row per clip).
 
-* a clip of at most W seconds is one window; the feature extractor repeat-pads it to W
-  (``padding="repeatpad"``, CLAP's training convention: tile the clip, then zero-pad);
-* a longer clip is cut into k = ceil(length / W) windows of exactly W seconds whose starts are
-  spread evenly from 0 to length - W (rounded to samples): the first starts at the beginning,
-  the last ends at the end, neighbours overlap as little as needed, and nothing is padded.
-  A 10.24 s AudioLDM 2 clip gives windows [0, 10] s and [0.24, 10.24] s.
-
-Every window holds at most W seconds, so ``ClapFeatureExtractor`` never takes its random
-paths: ``rand_trunc`` would crop a random W-second piece of a longer input, and ``fusion``
-stacks three random crops, and even for short inputs marks one random item of the batch as
-"longer" (changing that item's embedding with its batch neighbours and numpy's global RNG).
-Here unfused models use ``truncation="rand_trunc"`` (inert for inputs <= W) and fused models
-``truncation="fusion"`` with ``is_longer`` forced to False for every window, which is true for
-inputs <= W, so the fused model takes its global (whole-window) branch, deterministically. The
-global numpy RNG state is restored after the feature extractor runs.
-
-Each window embedding is the L2-normalised projection (as CLAP's contrastive space); the
-per-clip rows are the windows, averaged by the scoring stage. Text embeddings are the
-L2-normalised text projections of the tokenised prompt (truncated to the tokenizer's
-``model_max_length``).
+The embedder identity records all of this (mode, seed, round trip, antialiasing, 77 tokens),
+so embeddings of other modes (``clap-window``, ``harness/score/embed/clap_window.py``) never
+share a cache entry and gates refuse to compare figures across modes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,20 +50,35 @@ from harness.score.embed._torch import state_dict_sha256
 from harness.score.embed.audio import RESAMPLER
 from harness.score.embed.registry import Embedder, EmbedderError, register
 
-__all__ = ["DEFAULT_CLAP_MODEL", "ClapEmbedder", "TinyClapEmbedder", "clap_windows", "state_dict_sha256"]
+__all__ = ["DEFAULT_CLAP_MODEL", "FUSION_SEED", "TEXT_MAX_TOKENS", "ClapBase", "ClapEmbedder", "TinyClapEmbedder",
+           "build_tiny_clap", "fusion_chunk_starts", "int16_round_trip", "load_clap", "repeat_pad",
+           "state_dict_sha256"]
 
 DEFAULT_CLAP_MODEL = "laion/clap-htsat-fused"
+LAION_CLAP_VERSION = "1.1.7"
+TEXT_MAX_TOKENS = 77  # laion_clap's CLAP_Module.tokenizer: padding="max_length", max_length=77
+FUSION_SEED = 0
 _TINY_SEED_OFFSET = 101  # not the tiny pipeline's own CLAP (offset 1)
 
 
-def clap_windows(samples: np.ndarray, window: int) -> list[np.ndarray]:
-    """Cut a clip into windows of at most ``window`` samples by the rule in the module docstring."""
-    n = int(samples.shape[0])
-    if n <= window:
-        return [samples]
-    k = math.ceil(n / window)
-    starts = np.round(np.linspace(0, n - window, k)).astype(int)
-    return [samples[s:s + window] for s in starts]
+def int16_round_trip(samples: np.ndarray) -> np.ndarray:
+    """laion's ``int16_to_float32(float32_to_int16(x))``: clip at +-1, quantise to int16, back to float32."""
+    quantised = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return (quantised / 32767.0).astype(np.float32)
+
+
+def repeat_pad(samples: np.ndarray, length: int) -> np.ndarray:
+    """Tile a clip ``floor(length / n)`` times, then zero-pad it to ``length`` (laion's ``repeatpad``)."""
+    tiled = np.tile(samples, length // samples.shape[0])
+    return np.pad(tiled, (0, length - tiled.shape[0]))
+
+
+def fusion_chunk_starts(total_frames: int, chunk_frames: int, seed: int) -> tuple[int, int, int]:
+    """Start frames of the front, middle and back chunks, drawn as laion draws them after ``np.random.seed(seed)``."""
+    ranges = np.array_split(list(range(total_frames - chunk_frames + 1)), 3)
+    ranges = [r if len(r) else [0] for r in ranges]  # too few starts: laion falls back to 0
+    rng = np.random.RandomState(seed)
+    return tuple(int(rng.choice(r)) for r in ranges)
 
 
 def _tokenizer_sha256(tokenizer) -> str:
@@ -79,103 +98,6 @@ def _tokenizer_sha256(tokenizer) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-class _ClapBase(Embedder):
-    """Shared embedding code; subclasses build (model, tokenizer, feature extractor)."""
-
-    supports_text = True
-    sample_rate = 48000
-
-    def _setup(self, model, tokenizer, feature_extractor, device: str, batch_size: int) -> None:
-        if feature_extractor.sampling_rate != self.sample_rate:
-            raise EmbedderError(
-                f"{self.name}: feature extractor expects {feature_extractor.sampling_rate} Hz; "
-                f"this embedder feeds {self.sample_rate} Hz"
-            )
-        if batch_size < 1:
-            raise EmbedderError(f"{self.name}: batch_size must be >= 1")
-        self.device = device
-        self.batch_size = batch_size
-        self.model = model.eval().to(device)
-        self.tokenizer = tokenizer
-        self.feature_extractor = feature_extractor
-        self.fusion = bool(getattr(model.config.audio_config, "enable_fusion", False))
-        self.window_s = float(feature_extractor.max_length_s)
-        self.hop_s = self.window_s  # nominal: the even spread above may overlap windows slightly
-        self._window = int(feature_extractor.nb_max_samples)
-        self._weights_sha256 = state_dict_sha256(self.model)
-
-    @property
-    def dim(self) -> int:
-        return int(self.model.config.projection_dim)
-
-    def weights_sha256(self) -> str:
-        return self._weights_sha256
-
-    def preprocessing(self) -> dict[str, Any]:
-        fe = self.feature_extractor
-        return {
-            "feature_extractor": {
-                key: getattr(fe, key, None)
-                for key in ("feature_size", "sampling_rate", "hop_length", "max_length_s",
-                            "fft_window_size", "frequency_min", "frequency_max", "top_db",
-                            "padding_value")
-            },
-            "truncation": "fusion (global branch, is_longer=False)" if self.fusion else "rand_trunc (inert)",
-            "padding": "repeatpad",
-            "window_rule": "<= W: one window; else ceil(n/W) windows of W spread evenly from 0 to n-W",
-            "embedding": "L2-normalised projection per window",
-            "tokenizer_sha256": _tokenizer_sha256(self.tokenizer),
-            "mono": "mean of channels",
-            "resampler": RESAMPLER,
-        }
-
-    def _audio_batch(self, windows: list[np.ndarray]) -> np.ndarray:
-        import torch
-
-        state = np.random.get_state()  # the fusion path draws from numpy's global RNG
-        try:
-            features = self.feature_extractor(
-                [w.astype(np.float64) for w in windows], sampling_rate=self.sample_rate,
-                truncation="fusion" if self.fusion else "rand_trunc", padding="repeatpad",
-                return_tensors="pt",
-            )
-        finally:
-            np.random.set_state(state)
-        inputs = features["input_features"].to(self.device, dtype=torch.float32)
-        is_longer = torch.zeros((len(windows), 1), dtype=torch.bool, device=self.device)
-        with torch.no_grad():
-            out = self.model.get_audio_features(input_features=inputs, is_longer=is_longer)
-        return _unit(out)
-
-    def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
-        owners, windows = [], []
-        for i, clip in enumerate(clips):
-            if clip.size == 0:
-                raise EmbedderError(f"{self.name}: cannot embed an empty clip")
-            for w in clap_windows(np.asarray(clip, dtype=np.float32), self._window):
-                owners.append(i)
-                windows.append(w)
-        rows = np.concatenate([
-            self._audio_batch(windows[s:s + self.batch_size])
-            for s in range(0, len(windows), self.batch_size)
-        ]) if windows else np.zeros((0, self.dim), np.float32)
-        owners_arr = np.asarray(owners)
-        return [rows[owners_arr == i] for i in range(len(clips))]
-
-    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        out = []
-        for s in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[s:s + self.batch_size]), padding=True, truncation=True,
-                                    return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                res = self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                   attention_mask=tokens["attention_mask"])
-            out.append(_unit(res))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
-
-
 def _unit(output) -> np.ndarray:
     """L2-normalised float32 rows from a get_*_features result (tensor or model output)."""
     tensor = getattr(output, "pooler_output", output)  # transformers 5 returns a model output
@@ -191,61 +113,232 @@ def _missing_clap_error(model: str, revision: str | None, err: Exception) -> Emb
         "preprocessor_config.json)"))
 
 
-@register
-class ClapEmbedder(_ClapBase):
-    """transformers ClapModel from a hub id or local folder (default laion/clap-htsat-fused)."""
+def load_clap(model: str, revision: str | None) -> tuple[Any, Any, Any]:
+    """(ClapModel, tokenizer, ClapFeatureExtractor) from a hub id or a local folder."""
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
-    name = "clap"
-    description = f"LAION CLAP via transformers ClapModel (default {DEFAULT_CLAP_MODEL}); text + audio"
-    version = "1"
+    try:
+        return (ClapModel.from_pretrained(model, revision=revision),
+                AutoTokenizer.from_pretrained(model, revision=revision),
+                ClapFeatureExtractor.from_pretrained(model, revision=revision))
+    except (OSError, ValueError) as err:
+        raise _missing_clap_error(model, revision, err) from err
 
-    def __init__(self, model: str = DEFAULT_CLAP_MODEL, revision: str | None = None,
-                 device: str = "cpu", batch_size: int = 8) -> None:
-        from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
-        self.model_id, self.revision = str(model), revision
-        try:
-            loaded = ClapModel.from_pretrained(self.model_id, revision=revision)
-            tokenizer = AutoTokenizer.from_pretrained(self.model_id, revision=revision)
-            fe = ClapFeatureExtractor.from_pretrained(self.model_id, revision=revision)
-        except (OSError, ValueError) as err:
-            raise _missing_clap_error(self.model_id, revision, err) from err
-        self._setup(loaded, tokenizer, fe, device, batch_size)
+def build_tiny_clap(seed: int, fusion: bool, text_positions: int | None = TEXT_MAX_TOKENS + 2) -> tuple[Any, Any, Any]:
+    """A random-weight tiny (ClapModel, tokenizer, ClapFeatureExtractor), built offline.
+
+    ``text_positions``: the text model's position table (default: room for laion's 77 tokens,
+    as RoBERTa positions start after the padding index; None: the tiny pipeline CLAP's 66).
+    """
+    from transformers import ClapFeatureExtractor, ClapModel
+
+    from harness.checkpoints.tiny import _FEATURE_EXTRACTOR_CONFIG, _clap, _roberta_tokenizer, _seeded
+
+    tokenizer = _roberta_tokenizer()
+
+    def make():
+        model = _clap(len(tokenizer))
+        if not fusion and text_positions is None:
+            return model
+        config = model.config
+        config.audio_config.enable_fusion = fusion
+        if text_positions is not None:
+            config.text_config.max_position_embeddings = text_positions
+        return ClapModel(config)
+
+    fe = ClapFeatureExtractor(**{**_FEATURE_EXTRACTOR_CONFIG, "truncation": "fusion" if fusion else "rand_trunc"})
+    return _seeded(seed, _TINY_SEED_OFFSET, make), tokenizer, fe
+
+
+class ClapBase(Embedder):
+    """What every CLAP mode shares: the model on a device, its checksums, and the forward passes."""
+
+    supports_text = True
+    sample_rate = 48000
+    model_id: str
+    revision: str | None
 
     def source(self) -> dict[str, Any]:
+        """Where the weights came from (the tiny models override this)."""
         return {"model": self.model_id, "revision": self.revision,
                 "commit": getattr(self.model.config, "_commit_hash", None)}
 
+    def _setup(self, model, tokenizer, feature_extractor, device: str, batch_size: int) -> None:
+        if feature_extractor.sampling_rate != self.sample_rate:
+            raise EmbedderError(
+                f"{self.name}: feature extractor expects {feature_extractor.sampling_rate} Hz; "
+                f"this embedder feeds {self.sample_rate} Hz"
+            )
+        if batch_size < 1:
+            raise EmbedderError(f"{self.name}: batch_size must be >= 1")
+        self.device = device
+        self.batch_size = batch_size
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.fusion = bool(getattr(model.config.audio_config, "enable_fusion", False))
+        self._weights_sha256 = state_dict_sha256(self.model)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def weights_sha256(self) -> str:
+        return self._weights_sha256
+
+    def _front_end(self) -> dict[str, Any]:
+        fe = self.feature_extractor
+        return {
+            "feature_extractor": {
+                key: getattr(fe, key, None)
+                for key in ("feature_size", "sampling_rate", "hop_length", "max_length_s",
+                            "fft_window_size", "frequency_min", "frequency_max", "top_db",
+                            "padding_value")
+            },
+            "tokenizer_sha256": _tokenizer_sha256(self.tokenizer),
+            "mono": "mean of channels",
+            "resampler": RESAMPLER,
+        }
+
+    def _audio_forward(self, features: np.ndarray, is_longer: np.ndarray) -> np.ndarray:
+        """Normalised audio projections of stacked log-mels (batch, channels, frames, mels)."""
+        import torch
+
+        inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, dtype=torch.float32)
+        longer = torch.from_numpy(is_longer.reshape(-1, 1)).to(self.device)
+        with torch.no_grad():
+            return _unit(self.model.get_audio_features(input_features=inputs, is_longer=longer))
+
+    def _text_forward(self, texts: Sequence[str], **tokenize: Any) -> np.ndarray:
+        """Normalised text projections, in batches, with the given tokenizer settings."""
+        import torch
+
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[s:s + self.batch_size]), return_tensors="pt", **tokenize)
+            with torch.no_grad():
+                res = self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
+                                                   attention_mask=tokens["attention_mask"].to(self.device))
+            out.append(_unit(res))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class LaionClap(ClapBase):
+    """laion_clap 1.1.7's computation (see the module docstring): one embedding per clip."""
+
+    window_s = 0.0  # 0: the whole clip is the input (repeat-padded, or fused when longer)
+    hop_s = 0.0
+
+    def _laion_setup(self, fusion_seed: int, resize_antialias: bool) -> None:
+        fe = self.feature_extractor
+        self.fusion_seed = int(fusion_seed)
+        self.resize_antialias = bool(resize_antialias)
+        self.max_samples = int(fe.nb_max_samples)
+        self.chunk_frames = self.max_samples // int(fe.hop_length) + 1
+        positions = int(self.model.config.text_config.max_position_embeddings)
+        if positions < TEXT_MAX_TOKENS + 2:
+            raise EmbedderError(f"{self.name}: the text model has {positions} positions; laion_clap's "
+                                f"{TEXT_MAX_TOKENS} tokens need {TEXT_MAX_TOKENS + 2}; use a LAION CLAP checkpoint")
+
+    def preprocessing(self) -> dict[str, Any]:
+        long_clips = (f"fusion: whole log-mel resized to {self.chunk_frames} frames (bilinear, antialias="
+                      f"{self.resize_antialias}) + 3 chunks from the thirds of the starts, is_longer=True"
+                      if self.fusion else "rand_trunc: one 10 s crop")
+        return {
+            **self._front_end(),
+            "mode": f"laion_clap {LAION_CLAP_VERSION}",
+            "int16_round_trip": "clip to [-1, 1], x32767, truncate to int16, /32767",
+            "short_clips": "repeatpad to max_length_s" + (", mel stacked x4, is_longer=False" if self.fusion else ""),
+            "long_clips": long_clips,
+            "mel_filters": "htk, no norm" if self.fusion else "slaney",
+            "fusion_seed": self.fusion_seed,
+            "resize_antialias": self.resize_antialias if self.fusion else None,
+            "text": {"max_tokens": TEXT_MAX_TOKENS, "padding": "max_length", "truncation": True},
+            "embedding": "L2-normalised projection, one per clip",
+        }
+
+    def log_mel(self, samples: np.ndarray) -> np.ndarray:
+        """(frames, mels) log-mel as ``ClapFeatureExtractor`` computes it for this model's mode."""
+        from transformers.audio_utils import spectrogram, window_function
+
+        fe = self.feature_extractor
+        filters = fe.mel_filters if self.fusion else fe.mel_filters_slaney
+        return spectrogram(samples.astype(np.float64), window_function(fe.fft_window_size, "hann"),
+                           frame_length=fe.fft_window_size, hop_length=fe.hop_length, power=2.0,
+                           mel_filters=filters, log_mel="dB").T
+
+    def _resize(self, mel: np.ndarray) -> np.ndarray:
+        """The whole mel squeezed to ``chunk_frames`` frames (torchvision ``Resize`` on a tensor)."""
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))[None, None]
+        out = torch.nn.functional.interpolate(tensor, size=[self.chunk_frames, mel.shape[1]], mode="bilinear",
+                                              align_corners=False, antialias=self.resize_antialias)
+        return out[0, 0].numpy()
+
+    def audio_input(self, clip: np.ndarray) -> tuple[np.ndarray, bool]:
+        """One clip's model input (channels, frames, mels) and its ``is_longer`` flag."""
+        samples = int16_round_trip(np.asarray(clip, dtype=np.float32))
+        n, limit = samples.shape[0], self.max_samples
+        if n > limit and not self.fusion:
+            start = int(np.random.RandomState(self.fusion_seed).randint(0, n - limit + 1))
+            return self.log_mel(samples[start:start + limit])[None], False
+        if n > limit:
+            mel = self.log_mel(samples)
+            if mel.shape[0] == self.chunk_frames:  # longer by less than a hop: laion keeps it whole
+                return np.stack([mel] * 4), False
+            starts = fusion_chunk_starts(mel.shape[0], self.chunk_frames, self.fusion_seed)
+            chunks = [mel[s:s + self.chunk_frames] for s in starts]
+            return np.stack([self._resize(mel), *chunks]), True
+        mel = self.log_mel(repeat_pad(samples, limit))
+        return (np.stack([mel] * 4) if self.fusion else mel[None]), False
+
+    def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        rows = []
+        for s in range(0, len(clips), self.batch_size):
+            inputs = []
+            for clip in clips[s:s + self.batch_size]:
+                if clip.size == 0:
+                    raise EmbedderError(f"{self.name}: cannot embed an empty clip")
+                inputs.append(self.audio_input(clip))
+            features = np.stack([x for x, _ in inputs])
+            rows.append(self._audio_forward(features, np.array([longer for _, longer in inputs])))
+        flat = np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
+        return [flat[i:i + 1] for i in range(len(clips))]
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        return self._text_forward(texts, padding="max_length", truncation=True, max_length=TEXT_MAX_TOKENS)
+
 
 @register
-class TinyClapEmbedder(_ClapBase):
-    """A random-weight ClapModel built offline (tests only: its scores mean nothing)."""
+class ClapEmbedder(LaionClap):
+    """laion_clap 1.1.7's CLAP embeddings from a converted checkpoint (default laion/clap-htsat-fused)."""
+
+    name = "clap"
+    description = (f"LAION CLAP as laion_clap {LAION_CLAP_VERSION} computes it (fusion, int16 round trip, "
+                   f"77 tokens); transformers ClapModel, default {DEFAULT_CLAP_MODEL}; text + audio")
+    version = "2"
+
+    def __init__(self, model: str = DEFAULT_CLAP_MODEL, revision: str | None = None, device: str = "cpu",
+                 batch_size: int = 8, fusion_seed: int = FUSION_SEED, resize_antialias: bool = True) -> None:
+        self.model_id, self.revision = str(model), revision
+        self._setup(*load_clap(self.model_id, revision), device, batch_size)
+        self._laion_setup(fusion_seed, resize_antialias)
+
+@register
+class TinyClapEmbedder(LaionClap):
+    """``clap``'s computation on a random-weight tiny ClapModel built offline (tests only)."""
 
     name = "tiny-clap"
-    description = "random-weight tiny ClapModel built offline (tests; scores are meaningless)"
-    version = "1"
+    description = "random-weight tiny ClapModel, laion_clap computation (tests; scores are meaningless)"
+    version = "2"
 
-    def __init__(self, seed: int = 0, fusion: bool = False, device: str = "cpu",
-                 batch_size: int = 8) -> None:
-        from transformers import ClapFeatureExtractor, ClapModel
-
-        from harness.checkpoints.tiny import _FEATURE_EXTRACTOR_CONFIG, _clap, _roberta_tokenizer, _seeded
-
-        tokenizer = _roberta_tokenizer()
-
-        def make():
-            model = _clap(len(tokenizer))
-            if fusion:
-                config = model.config
-                config.audio_config.enable_fusion = True
-                model = ClapModel(config)
-            return model
-
+    def __init__(self, seed: int = 0, fusion: bool = False, device: str = "cpu", batch_size: int = 8,
+                 fusion_seed: int = FUSION_SEED, resize_antialias: bool = True) -> None:
         self.seed = seed
-        model = _seeded(seed, _TINY_SEED_OFFSET, make)
-        fe = ClapFeatureExtractor(**{**_FEATURE_EXTRACTOR_CONFIG,
-                                     "truncation": "fusion" if fusion else "rand_trunc"})
-        self._setup(model, tokenizer, fe, device, batch_size)
+        self._setup(*build_tiny_clap(seed, fusion), device, batch_size)
+        self._laion_setup(fusion_seed, resize_antialias)
 
     def source(self) -> dict[str, Any]:
         return {"model": "tiny-clap (built in memory)", "seed": self.seed, "fusion": self.fusion}
