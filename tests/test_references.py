@@ -267,3 +267,23 @@ def test_an_unopenable_file_gives_the_os_reason_not_system_error(tmp_path, monke
     refset = ingest_reference_folder(ref)
     assert [(q.path, q.reason) for q in refset.quarantine] == [
         ("locked.wav", "unreadable: PermissionError: Permission denied")]
+
+
+@pytest.mark.parametrize("flag, expected", [([], False), (["--follow-external-links"], True)])
+def test_score_passes_follow_external_links_to_ingestion(tmp_path, monkeypatch, capsys, flag, expected):
+    import harness.score.scoring as scoring
+    from harness.cli import main
+    from harness.data.references import ReferenceSetError
+    from harness.store import RunStore
+
+    RunStore(tmp_path / "run").close()
+    seen = {}
+
+    def fake_ingest(folder, **kwargs):
+        seen.update(kwargs)
+        raise ReferenceSetError("stop here")
+
+    monkeypatch.setattr(scoring, "ingest_reference_folder", fake_ingest)
+    assert main(["score", str(tmp_path / "run"), "--reference", str(tmp_path), "--no-progress", *flag]) == 2
+    assert "stop here" in capsys.readouterr().err
+    assert seen["follow_external_links"] is expected
