@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--cache-dir", help="embedding cache folder, or 'run' for <RUN>/embeddings "
                                         "(default $AUDIOLDM2_HARNESS_CACHE/embeddings)")
     sc.add_argument("--min-duration", type=float, default=0.5, help="reference clips shorter than this are quarantined")
+    _add_reference_options(sc)
     sc.add_argument("--device", default="cpu", help="device for model embedders: cpu, cuda[:N] or auto")
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
     sc.set_defaults(func=_cmd_score)
@@ -146,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--permutations", type=int, default=999, help="label swaps for the FAD/KAD permutation test")
     cmp.add_argument("--bootstrap", type=int, default=2000, help="resamples for the paired CLAP bootstrap")
     cmp.add_argument("--cache-dir", help="embedding cache folder, as in score")
+    _add_reference_options(cmp)
     _add_weights_options(cmp)
     cmp.add_argument("--device", default="cpu", help="device for model embedders")
     cmp.set_defaults(func=_cmd_compare)
@@ -330,7 +332,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
                        cells=args.cells.split(",") if args.cells else None,
                        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
                        cache_dir=args.cache_dir, min_duration_s=args.min_duration,
-                       progress=not args.no_progress, pair_by=args.pair_by, protocol=args.protocol,
+                       progress=not args.no_progress, pair_by=args.pair_by,
+                       follow_external_links=args.follow_external_links, protocol=args.protocol,
                        substitute=_substitutes(args.protocol_embedder))
     print_scores(result)
     return EXIT_FAILURES if any(r["value"] is None for r in result.rows) else EXIT_OK
@@ -379,6 +382,11 @@ def _add_weights_options(parser) -> None:
     parser.add_argument("--vggish-weights", help="vggish-10086976.pth for the vggish embedder (default: torch hub cache)")
 
 
+def _add_reference_options(parser) -> None:
+    parser.add_argument("--follow-external-links", action="store_true",
+                        help="use links in the reference folder that point outside it (default: quarantined)")
+
+
 def _weights(args: argparse.Namespace) -> dict[str, str]:
     return {name: path for name, path in (("pann", args.pann_weights), ("vggish", args.vggish_weights)) if path}
 
@@ -389,7 +397,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
                                    clap_model=args.clap_model, weights=_weights(args), device=args.device,
                                    permutations=args.permutations, bootstrap=args.bootstrap,
-                                   cache_dir=args.cache_dir))
+                                   cache_dir=args.cache_dir, follow_external_links=args.follow_external_links))
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,39 @@ def _option_types(class_name: str) -> dict[str, Any]:
     return typing.get_type_hints(getattr(diffusers, class_name).__init__)
 
 
+_TOML_SCALARS = (bool, int, float, str, type(None))
+
+
+def _toml_hint(hint: Any) -> Any | None:
+    """The part of a type hint a TOML value can take, or None when no TOML value fits.
+
+    ``trained_betas: np.ndarray | list[float] | None`` becomes ``list[float] | None``; a hint
+    with no TOML form at all (``solver_p: SchedulerMixin``) cannot be set from a sweep file.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _TOML_SCALARS or origin is typing.Literal:
+        return hint
+    if origin in (typing.Union, types.UnionType):
+        kept = [k for k in (_toml_hint(a) for a in args) if k is not None]
+        return None if not kept else kept[0] if len(kept) == 1 else typing.Union[tuple(kept)]
+    if origin in (list, tuple) and args:
+        inner = [_toml_hint(a) for a in args if a is not Ellipsis]
+        return hint if all(i is not None for i in inner) else None
+    return None
+
+
+def _check_trained_betas(name: str, options: dict[str, Any]) -> None:
+    # diffusers takes the betas' length on trust; a wrong one fails every sample later.
+    betas, steps = options.get("trained_betas"), options.get("num_train_timesteps", 1000)
+    if betas is None:
+        return
+    if len(betas) != steps:
+        raise SchedulerError(f"scheduler {name!r} option 'trained_betas' must have num_train_timesteps = {steps} "
+                             f"values, got {len(betas)}")
+    if not all(0 < b < 1 for b in betas):
+        raise SchedulerError(f"scheduler {name!r} option 'trained_betas' must hold values in (0, 1)")
+
+
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate config overrides against the scheduler's __init__ type hints."""
     if not options:
@@ -106,18 +140,35 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         if key not in types or key == "return":
             valid = ", ".join(sorted(k for k in types if k != "return"))
             raise SchedulerError(f"scheduler {name!r} has no option {key!r}; valid: {valid}")
+        hint = _toml_hint(types[key])
+        if hint is None:
+            raise SchedulerError(f"scheduler {name!r} option {key!r} takes a {_type_name(types[key])}, which a "
+                                 "sweep file cannot express; leave it at the checkpoint's value")
         try:
-            TypeAdapter(types[key]).validate_python(value, strict=True)
+            TypeAdapter(hint).validate_python(value, strict=True)
         except ValidationError:
             raise SchedulerError(
-                f"scheduler {name!r} option {key!r} must be {_type_name(types[key])}, got {value!r}"
+                f"scheduler {name!r} option {key!r} must be {_type_name(hint)}, got {_short(value)}"
             ) from None
+    _check_trained_betas(name, options)
     return dict(options)
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if origin is not None:
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", str(hint))
 
 

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import itertools
 import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError
+from harness.validation import MAX_DEPTH, first_error, one_line, tree_problem
 from harness.checkpoints.registry import CheckpointError, describe
 from harness.environment import output_versions
 from harness.schedulers import SchedulerError, check_options, get_entry
@@ -33,7 +33,9 @@ class ConfigError(HarnessError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `steps = ["2"]` or `cpu_offload = [1]` are mistakes, not values to coerce;
+    # allow_inf_nan: a NaN guidance is stored as NULL and its cell row is lost.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 AttentionBackend = Literal["sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "eager"]
@@ -83,6 +85,8 @@ class CheckpointSpec(_Strict):
             describe(value)
         except CheckpointError as err:
             raise ValueError(str(err)) from None
+        except OSError as err:  # e.g. a name too long for a path
+            raise ValueError(f"checkpoint {value[:80]!r}...: {err.strerror}") from None
         return value
 
 
@@ -107,25 +111,36 @@ class SchedulerSpec(_Strict):
         return self.type or self.name
 
 
+# Documented ranges (README, "Sweep files"): wide enough for any real study, narrow enough that
+# a typo (1e308 seconds, 2**63 steps) is refused when the file is read instead of failing
+# every sample later.
+MAX_STEPS = 1000  # the checkpoints' schedulers have 1000 training timesteps; set_timesteps refuses more
+MAX_GUIDANCE = 100.0
+MAX_AUDIO_LENGTH_S = 600.0
+MAX_BATCH_SIZE = 1024
+MAX_SEED = 2**63 - 1  # SQLite's INTEGER range (torch.Generator accepts up to 2**64 - 1)
+
+
 class PromptsSpec(_Strict):
     """Which prompt set to use, and optionally how many of its prompts."""
 
     set: str = Field(min_length=1)
-    limit: int | None = Field(default=None, gt=0)
+    limit: int | None = Field(default=None, gt=0, le=MAX_SEED)
 
 
 class LatencySpec(_Strict):
     """The latency protocol of ``bench``: warm-up calls, timed repetitions, memory pass, batches."""
 
-    warmup: int = Field(default=1, ge=1)
-    repeats: int = Field(default=5, ge=2)
+    warmup: int = Field(default=1, ge=1, le=1000)
+    repeats: int = Field(default=5, ge=2, le=100_000)
     memory: bool = True
     batch_sizes: list[int] = Field(default=[1], min_length=1)
 
     @field_validator("batch_sizes")
     @classmethod
     def _positive(cls, values: list[int]) -> list[int]:
-        return _unique([_positive(v, "latency.batch_sizes", strict=True) for v in values], "latency.batch_sizes")
+        return _unique([_in_range(v, "latency.batch_sizes", 1, MAX_BATCH_SIZE) for v in values],
+                       "latency.batch_sizes")
 
 
 def _unique(values: list, key: str) -> list:
@@ -161,7 +176,7 @@ class SweepSpec(_Strict):
     vae_slicing: list[bool] = Field(default=[False], min_length=1)
     vae_tiling: list[bool] = Field(default=[False], min_length=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    batch_size: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=1, gt=0, le=MAX_BATCH_SIZE)
     allow_unsafe_schedulers: bool = False
 
     @field_validator("checkpoints", "schedulers", mode="before")
@@ -175,22 +190,23 @@ class SweepSpec(_Strict):
     @field_validator("steps")
     @classmethod
     def _positive_steps(cls, values: list[int]) -> list[int]:
-        return _unique([_positive(v, "steps", strict=True) for v in values], "steps")
+        return _unique([_in_range(v, "steps", 1, MAX_STEPS) for v in values], "steps")
 
     @field_validator("audio_lengths_s")
     @classmethod
     def _positive_lengths(cls, values: list[float]) -> list[float]:
-        return _unique([_positive(v, "audio_lengths_s", strict=True) for v in values], "audio_lengths_s")
+        return _unique([_in_range(v, "audio_lengths_s", 0, MAX_AUDIO_LENGTH_S, low_open=True) for v in values],
+                       "audio_lengths_s")
 
     @field_validator("guidance_scales")
     @classmethod
     def _guidance(cls, values: list[float]) -> list[float]:
-        return _unique([_positive(v, "guidance_scales", strict=False) for v in values], "guidance_scales")
+        return _unique([_in_range(v, "guidance_scales", 0, MAX_GUIDANCE) for v in values], "guidance_scales")
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, values: list[int]) -> list[int]:
-        return _unique([_positive(v, "seeds", strict=False) for v in values], "seeds")
+        return _unique([_in_range(v, "seeds", 0, MAX_SEED) for v in values], "seeds")
 
     @field_validator("checkpoints", "schedulers", "dtypes", "negative_prompts", "attention_backends",
                      "compile_modes", "cpu_offload", "vae_slicing", "vae_tiling")
@@ -214,9 +230,9 @@ class SweepSpec(_Strict):
         return self
 
 
-def _positive(value: float, key: str, strict: bool) -> float:
-    if value < 0 or (strict and value == 0):
-        bound = "> 0" if strict else ">= 0"
+def _in_range(value: float, key: str, low: float, high: float, low_open: bool = False) -> float:
+    if value < low or (low_open and value == low) or value > high:
+        bound = f"{'>' if low_open else '>='} {low:g} and <= {high:g}"
         raise ValueError(f"every value of {key} must be {bound}, got {value}")
     return value
 
@@ -292,11 +308,25 @@ def runtime_variants(spec: SweepSpec) -> list[RuntimeOptions]:
 def read_toml(path: str | Path, what: str, error: type[ValueError] = ConfigError) -> dict[str, Any]:
     """Parse a TOML file; a missing or malformed one raises ``error`` with one line naming it."""
     try:
-        return tomllib.loads(Path(path).read_text())
+        text = Path(path).read_bytes().decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise error(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what} file") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise error(f"{path}: not UTF-8 text (byte {err.start}, line {line}: {err.reason}); "
+                    f"TOML files must be UTF-8") from None
     except tomllib.TOMLDecodeError as err:
-        raise error(f"{path}: invalid TOML: {err}") from None
+        raise error(one_line(f"{path}: invalid TOML: {err}")) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and inline tables
+        raise error(f"{path}: nested deeper than the TOML reader can follow (at most {MAX_DEPTH} levels "
+                    "of tables/arrays are allowed)") from None
+    problem = tree_problem(data)
+    if problem:
+        raise error(f"{path}: {problem}")
+    return data
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -306,10 +336,13 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 def parse_spec(data: dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     """Validate an already-parsed sweep mapping."""
+    problem = tree_problem(data)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_first_error(err)}") from None
+        raise ConfigError(one_line(f"{source}: {_first_error(err)}")) from None
 
 
 def _first_error(err: ValidationError) -> str:
@@ -321,10 +354,9 @@ def _first_error(err: ValidationError) -> str:
         return f"unknown key {loc!r}; allowed keys here: {allowed}"
     if e["type"] == "literal_error":
         return f"{loc}: {e['msg']} (got {e['input']!r})"
-    msg = re.sub(r"^Value error, ", "", e["msg"])
     if e["type"] == "missing":
         return f"missing required key {loc!r}"
-    return f"{loc}: {msg}" if loc else msg
+    return first_error(err)
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -50,6 +51,14 @@ def _summary(figures: dict[str, Figure], env=ENV) -> Summary:
     ('confidence = 0.95\n', "no [[rule]]"),
     ('confidence = 1.5\n[[rule]]\nfigure = "x"\nmax_regression = 1\n', "confidence"),
     ('[[rule]]\nfigure = "x"\nmax_regression = 1\nbetter = "up"\n', "better"),
+    # issue 17: no NaN allowance (it passes everything), no coercion
+    ('[[rule]]\nfigure = "x"\nmax_regression = nan\n', "rule[0].max_regression: nan is not a finite number"),
+    ('[[rule]]\nfigure = "x"\nmax_regression = inf\n', "not a finite number"),
+    ('confidence = nan\n[[rule]]\nfigure = "x"\nmax_regression = 1\n', "confidence: nan is not a finite"),
+    ('[[rule]]\nfigure = "x"\nmax_regression = 1\nsignificance = "yes"\n', "significance: Input should be a valid boolean"),
+    ('[[rule]]\nfigure = "x"\nmax_regression = true\n', "max_regression"),
+    ('[[rule]]\nfigure = 3\nmax_regression = 1\n', "rule[0].figure: Input should be a valid string"),
+    ('rule = ' + '[' * 3000 + ']' * 3000 + '\n', "nested deeper"),
 ])
 def test_bad_policy_is_one_line_error(tmp_path, text, expected):
     with pytest.raises(PolicyError, match="gate.toml") as err:
@@ -289,6 +298,121 @@ def test_a_non_baseline_json_is_a_clear_error(tmp_path):
     path.write_text('{"a": 1}')
     with pytest.raises(ValueError, match="not an audioldm2-harness baseline.*baseline save"):
         load(path)
+
+
+# --- malformed gate inputs (issue 17): one line and exit 2, never a traceback or a pass -------
+
+def _bench_payload(median=1.0, n=5) -> dict:
+    stats = {"median": median, "mean": median, "stddev": 0.01, "rounds": n, "data": [median] * n}
+    return {"machine_info": {"cpu": {"brand_raw": "T"}, "python_version": "3.11"},
+            "benchmarks": [{"name": "t", "fullname": "b.py::t", "stats": stats}]}
+
+
+def _baseline_payload(value=1.0) -> dict:
+    fig = {"value": value, "better": "lower", "unit": "s", "scale": "ratio"}
+    return {"schema": 1, "kind": "audioldm2-harness baseline", "source": "x",
+            "environment": {"cpu": "T", "versions": {"python": "3.11"}, "pytest_benchmark": True},
+            "cells": {"b.py::t": {"label": "t", "figures": {"benchmark:median_s": fig}}}}
+
+
+def _without(d: dict, *path):
+    d = json.loads(json.dumps(d))
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    del node[path[-1]]
+    return d
+
+
+def _with(d: dict, value, *path):
+    d = json.loads(json.dumps(d))
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return d
+
+
+MALFORMED = [
+    (_without(_bench_payload(), "benchmarks", 0, "stats"), "benchmarks[0].stats"),
+    (_with(_bench_payload(), None, "machine_info"), "machine_info"),
+    (_with(_bench_payload(), "fast", "benchmarks", 0, "stats", "median"), "benchmarks[0].stats.median"),
+    (_with(_bench_payload(), "5", "benchmarks", 0, "stats", "rounds"), "benchmarks[0].stats.rounds"),
+    (_with(_bench_payload(), [], "benchmarks"), "'benchmarks' is empty"),
+    (_with(_bench_payload(), 2**70, "benchmarks", 0, "stats", "rounds"), "64-bit range"),
+    (_without(_baseline_payload(), "cells"), "missing required key 'cells'"),
+    (_without(_baseline_payload(), "environment"), "missing required key 'environment'"),
+    (_with(_baseline_payload(), {}, "cells"), "holds no figures"),
+    (_with(_baseline_payload(), "1.0", "cells", "b.py::t", "figures", "benchmark:median_s", "value"),
+     "cells.b.py::t.figures.benchmark:median_s.value"),
+    (_with(_baseline_payload(), True, "cells", "b.py::t", "figures", "benchmark:median_s", "value"), "valid number"),
+    (_with(_baseline_payload(), "up", "cells", "b.py::t", "figures", "benchmark:median_s", "better"), "better"),
+    (_with(_baseline_payload(), 1, "cells", "b.py::t", "figures", "benchmark:median_s", "bogus"), "unknown key"),
+    (_with(_baseline_payload(), 7, "environment", "versions"), "environment.versions"),
+]
+
+
+@pytest.mark.parametrize("payload, expected", MALFORMED)
+def test_malformed_baselines_and_benchmark_files_are_one_line_errors(tmp_path, capsys, payload, expected):
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps(payload))
+    good.write_text(json.dumps(_bench_payload()))
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "benchmark:*"\nmax_regression = "10%"\n')
+    for args in ([str(good), "--baseline", str(bad)], [str(bad), "--baseline", str(good)]):
+        assert main(["gate", *args, "--policy", str(policy)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "bad.json: " in err and expected in err, err
+
+
+def test_unreadable_json_deep_or_binary_is_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="deep.json: nested deeper than a JSON reader"):
+        load(deep)
+    deep.write_text('{"benchmarks": ' + "[" * 40 + "]" * 40 + "}")
+    with pytest.raises(ValueError, match=r"deep.json: benchmarks(\[0\])+: nested deeper than 32"):
+        load(deep)
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b'{"a": "\xff\xfe"}')
+    with pytest.raises(ValueError, match="bin.json: not UTF-8"):
+        load(binary)
+
+
+@pytest.mark.parametrize("where", ["candidate", "baseline"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_figures_cannot_be_compared_never_pass(tmp_path, capsys, where, bad):
+    files = {"baseline": _bench_payload(), "candidate": _bench_payload()}
+    files[where] = _bench_payload(median=bad)
+    for name, payload in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))  # json writes NaN / Infinity
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "benchmark:*"\nmax_regression = "10%"\n')
+    code = main(["gate", str(tmp_path / "candidate.json"), "--baseline", str(tmp_path / "baseline.json"),
+                 "--policy", str(policy)])
+    out = capsys.readouterr().out
+    assert code == 2 and "ERROR: cannot compare" in out
+    assert f"the {where}'s value = {bad}: not a finite number" in out
+
+
+def test_nan_observations_cannot_be_compared():
+    base = _latency([10, 11, 12, 10, 11])
+    cand = replace(_latency([10, 11, float("nan"), 10, 11]), value=11.0)  # a median that ignored the NaN
+    verdict = _judge(base, cand, Rule(figure="*", max_regression="10%"))
+    assert verdict.status == "incomparable" and "samples holds NaN or inf" in verdict.test
+
+
+def test_a_baseline_with_no_figures_is_not_saved(tmp_path):
+    with pytest.raises(ValueError, match="empty-run: holds no figures"):
+        save(Summary("empty-run", ENV, {"c": CellSummary("x")}), tmp_path / "b.json")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_gate_that_judges_nothing_exits_2(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_bench_payload()))
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "latency_ms:*"\nmax_regression = "10%"\n')
+    assert main(["gate", str(good), "--baseline", str(good), "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no figure was gated" in err and "benchmark:median_s" in err
 
 
 # --- end to end on tiny runs -------------------------------------------------------------------

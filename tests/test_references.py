@@ -86,3 +86,204 @@ def test_synthetic_reference_is_deterministic_and_well_formed(tmp_path):
         assert rate == 16000 and clip.dtype == np.float32 and clip.size == 16000
         assert 0.2 - 1e-6 <= np.abs(clip).max() <= 0.6 + 1e-6
     assert len(ingest_reference_folder(tmp_path / "x").entries) == 8
+
+
+# --- hostile folders (issue 17): special files, links, forged headers, truncation -----------------
+
+def _pair(ref):
+    ref.mkdir(parents=True, exist_ok=True)
+    sf.write(ref / "a.wav", _tone(1.0, 16000), 16000, subtype="FLOAT")
+    sf.write(ref / "b.wav", 0.5 * _tone(1.2, 16000), 16000, subtype="FLOAT")
+
+
+def _forge_fmt(path, **fields):
+    """Rewrite fields of a WAV's fmt chunk in place (channels, rate, byte_rate)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.index(b"fmt ") + 8
+    offsets = {"channels": (2, "<H"), "rate": (4, "<I"), "byte_rate": (8, "<I")}
+    for name, value in fields.items():
+        offset, fmt = offsets[name]
+        struct.pack_into(fmt, data, at + offset, value)
+    path.write_bytes(bytes(data))
+
+
+def _ingest_in_subprocess(ref, **kwargs):
+    """Ingest in a child process with a timeout: a reader that hangs (FIFO, /dev/zero) fails the test, not the suite."""
+    import os
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    code = ("import json, sys; from harness.data.references import ingest_reference_folder as f; "
+            f"r = f(sys.argv[1], **{kwargs!r}); "
+            "print(json.dumps([[e.path for e in r.entries], [[q.path, q.reason] for q in r.quarantine]]))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(ref)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    except subprocess.TimeoutExpired:
+        pytest.fail("ingesting the reference folder hung")
+    assert done.returncode == 0, done.stderr
+    entries, quarantine = json.loads(done.stdout)
+    return SimpleNamespace(entries=[SimpleNamespace(path=p) for p in entries],
+                           quarantine=[SimpleNamespace(path=p, reason=r) for p, r in quarantine])
+
+
+def test_special_files_are_quarantined_without_being_opened(tmp_path):
+    import os
+    import socket
+
+    ref = tmp_path / "ref"
+    _pair(ref)
+    os.mkfifo(ref / "pipe.wav")  # opening it for reading would wait for a writer forever
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(ref / "sock.wav"))
+    try:
+        refset = _ingest_in_subprocess(ref)
+    finally:
+        sock.close()
+    assert [e.path for e in refset.entries] == ["a.wav", "b.wav"]
+    reasons = {q.path: q.reason for q in refset.quarantine}
+    assert reasons == {"pipe.wav": "not a regular file (FIFO); not opened",
+                       "sock.wav": "not a regular file (socket); not opened"}
+
+
+def test_links_are_resolved_once_loops_and_duplicates_counted_once(tmp_path):
+    import os
+
+    ref = tmp_path / "ref"
+    _pair(ref)
+    (ref / "sub").mkdir()
+    sf.write(ref / "sub" / "c.wav", 0.7 * _tone(1.5, 16000), 16000, subtype="FLOAT")
+    os.symlink(".", ref / "loopdir")  # the issue's case: 2 clips were counted as 82
+    os.symlink("..", ref / "sub" / "up")
+    os.symlink("sub", ref / "alias")
+    os.symlink("a.wav", ref / "a_link.wav")
+    os.link(ref / "b.wav", ref / "b_hard.wav")
+    (ref / "a_copy.wav").write_bytes((ref / "a.wav").read_bytes())
+    os.symlink("missing.wav", ref / "broken.wav")
+    alone = ingest_reference_folder(tmp_path / "ref")
+    assert [e.path for e in alone.entries] == ["a.wav", "b.wav", "sub/c.wav"]
+    reasons = {q.path: q.reason for q in alone.quarantine}
+    assert reasons == {
+        "loopdir/": "link loop: leads back to ./",
+        "sub/up/": "link loop: leads back to ./",
+        "alias/": "duplicate: same folder as sub/",
+        "a_link.wav": "duplicate: same file as a.wav",
+        "b_hard.wav": "duplicate: same file as b.wav",
+        "a_copy.wav": "duplicate: same audio as a.wav",
+        "broken.wav": reasons["broken.wav"],
+    }
+    assert reasons["broken.wav"].startswith("broken link: ")
+    # the identity is that of the three distinct clips
+    clean = tmp_path / "clean"
+    _pair(clean)
+    (clean / "c.wav").write_bytes((ref / "sub" / "c.wav").read_bytes())
+    assert ingest_reference_folder(clean).identity == alone.identity
+
+
+def test_links_leaving_the_folder_need_follow_external_links(tmp_path):
+    import os
+
+    ref, outside = tmp_path / "ref", tmp_path / "outside"
+    _pair(ref)
+    outside.mkdir()
+    sf.write(outside / "x.wav", 0.2 * _tone(2.0, 16000), 16000, subtype="FLOAT")
+    os.symlink(outside / "x.wav", ref / "x.wav")
+    os.symlink(outside, ref / "more")
+    os.symlink("/dev/zero", ref / "zero.wav")
+    default = ingest_reference_folder(ref)
+    assert [e.path for e in default.entries] == ["a.wav", "b.wav"]
+    reasons = {q.path: q.reason for q in default.quarantine}
+    assert set(reasons) == {"x.wav", "more", "zero.wav"}
+    assert all("leaves the reference folder" in r and "--follow-external-links" in r for r in reasons.values())
+    followed = _ingest_in_subprocess(ref, follow_external_links=True)
+    # a folder's files are read before its subfolders: x.wav is listed, the folder's copy is the duplicate
+    assert [e.path for e in followed.entries] == ["a.wav", "b.wav", "x.wav"]
+    assert {q.path: q.reason for q in followed.quarantine} == {
+        "more/x.wav": "duplicate: same file as x.wav",
+        "zero.wav": "not a regular file (character device); not opened"}
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"rate": 1, "byte_rate": 4}, "implausible header: sample rate 1 Hz (accepted: 1000-768000 Hz)"),
+    ({"rate": 4_000_000, "byte_rate": 16_000_000}, "implausible header: sample rate 4000000 Hz"),
+    ({"channels": 200}, "implausible header: 200 channels (accepted: 1-64)"),
+])
+def test_implausible_headers_are_refused_before_decoding(tmp_path, monkeypatch, fields, reason):
+    import harness.data.references as references
+
+    ref = tmp_path / "ref"
+    _pair(ref)
+    sf.write(ref / "forged.wav", _tone(4.0, 16000), 16000, subtype="PCM_32")  # 256 KB, no PEAK chunk
+    _forge_fmt(ref / "forged.wav", **fields)
+    decoded = []
+    real = references.read_mono
+    monkeypatch.setattr(references, "read_mono", lambda f: decoded.append(f.name) or real(f))
+    refset = ingest_reference_folder(ref)
+    (q,) = refset.quarantine
+    assert q.path == "forged.wav" and q.reason.startswith(reason)
+    assert len(decoded) == 2 and not any("forged" in str(name) for name in decoded)
+
+
+def test_header_limits_duration_and_memory():
+    from harness.data.references import _header_problem
+
+    assert _header_problem(16000, 1, 16000 * 3600) is None
+    assert "3601 s long" in _header_problem(16000, 1, 16000 * 3601)
+    assert "MiB decoded" in _header_problem(192000, 64, 192000 * 60)
+
+
+def test_a_truncated_wav_is_quarantined_not_taken_as_shorter(tmp_path):
+    ref = tmp_path / "ref"
+    _pair(ref)
+    for subtype in ("FLOAT", "PCM_16"):
+        sf.write(ref / "ten.wav", _tone(10.0, 16000), 16000, subtype=subtype)
+        data = (ref / "ten.wav").read_bytes()
+        (ref / "ten.wav").write_bytes(data[: len(data) * 6 // 10])
+        refset = ingest_reference_folder(ref)
+        assert [e.path for e in refset.entries] == ["a.wav", "b.wav"]
+        (q,) = refset.quarantine
+        assert q.path == "ten.wav" and q.reason.startswith("truncated: the header declares")
+        assert "s of about 10.000 s)" in q.reason
+
+
+def test_an_unopenable_file_gives_the_os_reason_not_system_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    ref = tmp_path / "ref"
+    _pair(ref)
+    sf.write(ref / "locked.wav", _tone(1.0, 16000), 16000)
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):  # root ignores file modes, so the refusal is simulated
+        if str(path).endswith("locked.wav"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    refset = ingest_reference_folder(ref)
+    assert [(q.path, q.reason) for q in refset.quarantine] == [
+        ("locked.wav", "unreadable: PermissionError: Permission denied")]
+
+
+@pytest.mark.parametrize("flag, expected", [([], False), (["--follow-external-links"], True)])
+def test_score_passes_follow_external_links_to_ingestion(tmp_path, monkeypatch, capsys, flag, expected):
+    import harness.score.reference as reference
+    from harness.cli import main
+    from harness.data.references import ReferenceSetError
+    from harness.store import RunStore
+
+    RunStore(tmp_path / "run").close()
+    seen = {}
+
+    def fake_ingest(folder, **kwargs):
+        seen.update(kwargs)
+        raise ReferenceSetError("stop here")
+
+    monkeypatch.setattr(reference, "ingest_reference_folder", fake_ingest)
+    assert main(["score", str(tmp_path / "run"), "--reference", str(tmp_path), "--no-progress", *flag]) == 2
+    assert "stop here" in capsys.readouterr().err
+    assert seen["follow_external_links"] is expected

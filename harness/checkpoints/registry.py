@@ -4,6 +4,7 @@ any local folder in diffusers format. Adding a published checkpoint is adding an
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,17 +91,37 @@ def describe(name: str) -> CheckpointInfo:
         return PUBLISHED[name]
     if is_local_folder(name):
         return _describe_local(Path(name).expanduser())
-    if "/" in name and not Path(name).expanduser().exists():
-        # Any other hub id in diffusers format is allowed; assume text-to-audio.
+    if _HUB_ID.match(name) and not Path(name).expanduser().exists():
+        # Any other hub id in diffusers format is allowed (loaded lazily); assume text-to-audio.
         return CheckpointInfo(name, "audio", "hub checkpoint (not in the registry)")
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {name} has no model_index.json: not a diffusers pipeline folder")
+    if _looks_like_path(name):
+        raise CheckpointError(f"checkpoint folder {name} does not exist; give an existing diffusers pipeline "
+                              "folder or a hub id (owner/name)")
     raise CheckpointError(
         f"checkpoint {name!r} is neither a known id ({', '.join([*BUILTIN, *PUBLISHED])}), "
         "a hub id (owner/name) nor a folder with model_index.json"
     )
 
 
+# Hugging Face repo ids: owner/name, letters, digits, '-', '_' and '.', no leading separator.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
 def _describe_local(folder: Path) -> CheckpointInfo:
-    index = json.loads((folder / "model_index.json").read_text())
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{folder / 'model_index.json'} is not valid JSON ({type(err).__name__}); "
+                              "rebuild or re-download the checkpoint") from None
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{folder / 'model_index.json'} is not a JSON object; rebuild or re-download it")
     if index.get("_class_name") != "AudioLDM2Pipeline":
         raise CheckpointError(
             f"{folder} holds a {index.get('_class_name')!r}, not an AudioLDM2Pipeline"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,11 +26,11 @@ def content_sha256(samples: np.ndarray, sample_rate: int) -> str:
     return digest.hexdigest()
 
 
-def read_mono(path: str | Path) -> tuple[np.ndarray, int, int]:
-    """Decode ``path``: (mono float32 samples, sample rate, channel count of the file)."""
+def read_mono(path: str | Path | BinaryIO) -> tuple[np.ndarray, int, int]:
+    """Decode ``path`` (or an open binary file): (mono float32 samples, sample rate, channel count of the file)."""
     import soundfile as sf
 
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    data, rate = sf.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
     channels = int(data.shape[1])
     mono = data[:, 0].copy() if channels == 1 else data.mean(axis=1, dtype=np.float32)
     return np.ascontiguousarray(mono, dtype=np.float32), int(rate), channels

@@ -32,7 +32,7 @@ import scipy.stats
 from harness.environment import environment_differences as env_differences
 from harness.errors import HarnessError
 from harness.gate.policy import Policy, Rule
-from harness.gate.summary import Figure, Summary
+from harness.gate.summary import Figure, Summary, non_finite
 from harness.score.metrics.bootstrap import paired_bootstrap
 
 Status = Literal["pass", "improved", "regression", "missing", "incomparable"]
@@ -117,6 +117,11 @@ def compare(baseline: Summary, candidate: Summary, policy: Policy, allow_env_mis
                                            allowed=rule.describe(), test=f"{where} not in candidate"))
         else:
             result.verdicts.append(judge(key, base_cell.label, name, base_fig, cand_cell.figures[name], rule, alpha))
+    if not result.verdicts:  # a gate that judged nothing must not pass
+        names = sorted({n for c in baseline.cells.values() for n in c.figures})
+        raise GateError(f"no figure was gated: no rule of the policy matches any of the baseline's {len(names)} "
+                        f"figure name(s) ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
+                        "fix the rules' figure patterns")
     return result
 
 
@@ -178,6 +183,9 @@ def _incomparable(base: Figure, cand: Figure, better: str | None) -> str:
         return "no direction known for this figure: set better = \"lower\" or \"higher\" in its rule"
     if base.value is None or cand.value is None:
         return "no value on one side"
+    for side, fig in (("baseline", base), ("candidate", cand)):
+        if non_finite(fig):  # NaN compares false both ways: it would pass every threshold
+            return f"the {side}'s {non_finite(fig)}: not a finite number"
     if base.unit != cand.unit:
         return f"measured in different units ({base.unit!r} vs {cand.unit!r}, e.g. another bench batch size)"
     if base.reference_id != cand.reference_id:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import HarnessError
 from harness.spec import read_toml
+from harness.validation import first_error, one_line, tree_problem
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
@@ -36,10 +37,15 @@ class PolicyError(HarnessError, ValueError):
     """A policy file that cannot be used; the message names the key and the fix."""
 
 
+# Strict: `significance = "yes"` or `max_regression = true` are mistakes, not values to coerce;
+# a NaN allowance would compare false against every change and pass everything.
+_POLICY = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class Rule(BaseModel):
     """How much one family of figures may regress before the gate fails."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _POLICY
 
     figure: str = Field(min_length=1)
     max_regression: str | float
@@ -74,7 +80,7 @@ class Rule(BaseModel):
 class Policy(BaseModel):
     """Confidence level and the ordered rules."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _POLICY
 
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     correction: Literal["none", "bonferroni"] = "none"  # for the number of gated figures
@@ -92,15 +98,17 @@ class Policy(BaseModel):
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy TOML file; any problem is a one-line PolicyError."""
+    data = read_toml(path, "policy", PolicyError)
+    problem = tree_problem(data)
+    if problem:
+        raise PolicyError(f"{path}: {problem}")
     try:
-        policy = Policy.model_validate(read_toml(path, "policy", PolicyError))
+        policy = Policy.model_validate(data)
     except ValidationError as err:
-        e = err.errors()[0]
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = re.sub(r"^Value error, ", "", e["msg"])
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; allowed: confidence, correction, rule (with figure, max_regression, significance, better)"
-        raise PolicyError(f"{path}: {loc}: {msg}") from None
+        msg = first_error(err)
+        if err.errors()[0]["type"] == "extra_forbidden":
+            msg += "; allowed: confidence, correction, rule (with figure, max_regression, significance, better)"
+        raise PolicyError(one_line(f"{path}: {msg}")) from None
     if not policy.rule:
         raise PolicyError(f"{path}: no [[rule]] tables; add at least one (see benchmarks/gates/)")
     return policy

@@ -10,15 +10,20 @@ real instead of comparing two numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from harness.environment import environment_key
 from harness.errors import HarnessError
+from harness.validation import first_error, tree_problem
 from harness.results import (
     STAGES, TOTAL, RunData, cell_label, cell_latency, config_key, higher_is_better, load_run, quality_names,
 )
@@ -165,37 +170,41 @@ def _quality_figures(run: RunData, cell_id: str) -> dict[str, Figure]:
     return out
 
 
-def from_benchmark_json(path: str | Path) -> Summary:
+def from_benchmark_json(path: str | Path, data: dict[str, Any] | None = None) -> Summary:
     """Summarize a ``pytest --benchmark-json`` file: one cell per benchmark."""
-    data = _read_json(path)
-    if "benchmarks" not in data or "machine_info" not in data:
-        raise SummaryError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks'/'machine_info')")
-    machine = data["machine_info"]
-    env = {"cpu": (machine.get("cpu") or {}).get("brand_raw", machine.get("processor", "?")),
-           "versions": {"python": machine.get("python_version")}, "pytest_benchmark": True}
+    parsed = _validate(_BenchmarkFile, _read_json(path) if data is None else data, path)
+    if not parsed.benchmarks:
+        raise SummaryError(f"{path}: 'benchmarks' is empty: nothing to gate; run pytest with --benchmark-json "
+                           "on at least one benchmark")
+    machine = parsed.machine_info
+    env = {"cpu": (machine.cpu or {}).get("brand_raw", machine.processor or "?"),
+           "versions": {"python": machine.python_version}, "pytest_benchmark": True}
     summary = Summary(str(path), env)
-    for bench in data["benchmarks"]:
-        summary.cells[bench["fullname"]] = CellSummary(bench["name"], _benchmark_figures(bench))
+    for bench in parsed.benchmarks:
+        summary.cells[bench.fullname] = CellSummary(bench.name, _benchmark_figures(bench))
     return summary
 
 
-def _benchmark_figures(bench: dict[str, Any]) -> dict[str, Figure]:
-    stats = bench["stats"]
-    data = stats.get("data")  # present only with --benchmark-save-data
+def _benchmark_figures(bench: "_Benchmark") -> dict[str, Figure]:
+    stats = bench.stats
+    data = stats.data  # present only with --benchmark-save-data
     out = {
-        "benchmark:median_s": Figure(stats["median"], "lower", "s", "ratio", stats["rounds"],
-                                     samples=[float(v) for v in data] if data else None),
+        "benchmark:median_s": Figure(stats.median, "lower", "s", "ratio", stats.rounds,
+                                     samples=list(data) if data else None),
         # Without saved data the mean and its spread still allow a Welch test.
-        "benchmark:mean_s": Figure(stats["mean"], "lower", "s", "ratio", stats["rounds"], std=stats["stddev"]),
+        "benchmark:mean_s": Figure(stats.mean, "lower", "s", "ratio", stats.rounds, std=stats.stddev),
     }
-    for key, value in (bench.get("extra_info") or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+    for key, value in (bench.extra_info or {}).items():
+        # Numbers only (labels and nested info are not figures); a NaN or inf one is kept, so
+        # that the gate says it cannot compare it instead of dropping it.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"extra:{key}"] = Figure(float(value), None)  # direction comes from the policy rule
     return out
 
 
 def save(summary: Summary, path: str | Path) -> Path:
-    """Write a summary as a baseline JSON file."""
+    """Write a summary as a baseline JSON file; a summary with no figures is refused (it would gate nothing)."""
+    _require_figures(summary, summary.source)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema": SCHEMA, "kind": "audioldm2-harness baseline", "source": summary.source,
@@ -207,29 +216,149 @@ def save(summary: Summary, path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> Summary:
-    """Read a baseline file written by ``save``, a run folder, or pytest-benchmark JSON."""
+    """Read a baseline file written by ``save``, a run folder, or pytest-benchmark JSON.
+
+    Files are validated against their schema (strict types, no unknown keys in a baseline);
+    anything else is a one-line ``SummaryError`` naming the file and the key. A summary with no
+    figures is an error too: a gate against it would pass on nothing.
+    """
     path = Path(path)
     if path.is_dir():
-        return from_runs([path])
+        return _require_figures(from_runs([path]), path)
     data = _read_json(path)
     if "benchmarks" in data:
-        return from_benchmark_json(path)
+        return _require_figures(from_benchmark_json(path, data), path)
     if data.get("kind") != "audioldm2-harness baseline" or data.get("schema") != SCHEMA:
         raise SummaryError(f"{path}: not an audioldm2-harness baseline (schema {SCHEMA}); "
                            "write one with `audioldm2-harness baseline save RUN`")
-    summary = Summary(data["source"], data["environment"])
-    for key, cell in data["cells"].items():
-        summary.cells[key] = CellSummary(cell["label"], {n: Figure(**f) for n, f in cell["figures"].items()})
+    parsed = _validate(_BaselineFile, data, path)
+    summary = Summary(parsed.source, data["environment"])
+    for key, cell in parsed.cells.items():
+        summary.cells[key] = CellSummary(cell.label, {n: Figure(**f.model_dump()) for n, f in cell.figures.items()})
+    return _require_figures(summary, path)
+
+
+def _require_figures(summary: Summary, path: str | Path) -> Summary:
+    if not any(c.figures for c in summary.cells.values()):
+        raise SummaryError(f"{path}: holds no figures ({len(summary.cells)} cells); a gate against it would pass "
+                           "on nothing: save the baseline from a run that was benchmarked or scored")
     return summary
+
+
+def non_finite(fig: Figure) -> str:
+    """The first field of ``fig`` holding NaN or inf ('' when all are finite): such a figure cannot be compared."""
+    for name in ("value", "ci_low", "ci_high", "std", "confidence"):
+        value = getattr(fig, name)
+        if value is not None and not math.isfinite(value):
+            return f"{name} = {value}"
+    for name in ("samples", "run_values"):
+        values = getattr(fig, name)
+        if values is not None and not np.isfinite(np.asarray(values, dtype=float)).all():
+            return f"{name} holds NaN or inf"
+    return ""
+
+
+# --- file schemas: what a baseline and a pytest-benchmark file must hold ----------------------
+
+_FILE = ConfigDict(strict=True, extra="forbid")
+_FOREIGN = ConfigDict(strict=True, extra="ignore")  # pytest-benchmark's own files carry much more
+
+
+def _figure_model() -> type[BaseModel]:
+    # Built from Figure's own fields, so the file schema cannot drift from the dataclass.
+    hints = typing.get_type_hints(Figure)
+    fields = {f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(Figure)}
+    return create_model("FigureFile", __config__=_FILE, **fields)
+
+
+_FigureFile = _figure_model()
+
+
+class _CellFile(BaseModel):
+    model_config = _FILE
+
+    label: str
+    figures: dict[str, _FigureFile]  # type: ignore[valid-type]
+
+
+class _EnvironmentFile(BaseModel):
+    # Only what environment_key reads is typed; the rest is free-form (GPU details, git state...).
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    gpu: str | None = None
+    cpu: str | None = None
+    cuda_available: bool | None = None
+
+
+class _BaselineFile(BaseModel):
+    model_config = _FILE
+
+    schema_: int = Field(alias="schema")
+    kind: str
+    source: str
+    environment: _EnvironmentFile
+    cells: dict[str, _CellFile]
+
+
+class _BenchmarkStats(BaseModel):
+    model_config = _FOREIGN
+
+    median: float
+    mean: float
+    stddev: float = Field(ge=0)
+    rounds: int = Field(ge=1)
+    data: list[float] | None = None
+
+
+class _Benchmark(BaseModel):
+    model_config = _FOREIGN
+
+    name: str
+    fullname: str
+    stats: _BenchmarkStats
+    extra_info: dict[str, Any] | None = None
+
+
+class _MachineInfo(BaseModel):
+    model_config = _FOREIGN
+
+    cpu: dict[str, Any] | None = None
+    processor: str | None = None
+    python_version: str | None = None
+
+
+class _BenchmarkFile(BaseModel):
+    model_config = _FOREIGN
+
+    machine_info: _MachineInfo
+    benchmarks: list[_Benchmark]
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], path: str | Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SummaryError(f"{path}: {first_error(err)}") from None
 
 
 def _read_json(path: str | Path) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         raise SummaryError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise SummaryError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise SummaryError(f"{path}: not JSON ({err})") from None
+    except RecursionError:
+        raise SummaryError(f"{path}: nested deeper than a JSON reader can follow; not a baseline or "
+                           "pytest-benchmark file") from None
     if not isinstance(data, dict):
         raise SummaryError(f"{path}: expected a JSON object")
+    # NaN and inf are allowed here: a figure holding one is judged "cannot compare", not dropped.
+    problem = tree_problem(data, finite=False)
+    if problem:
+        raise SummaryError(f"{path}: {problem}")
     return data

@@ -22,11 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness.fileio import atomic_write_text
-from harness.data.references import DEFAULT_MIN_DURATION_S
 from harness.score.embed.cache import AudioSource, EmbeddingCache, embed_sources, embed_texts
 from harness.score.metrics import paired_bootstrap, permutation_test_sets
 from harness.score.metrics.registry import MetricData, metric_class
-from harness.score.reference import resolve_reference
+from harness.score.reference import ReferenceOptions, resolve_reference
 from harness.score.scoring import CLAP_EMBEDDERS, ScoreError, build_embedder, clip_loader, parse_embedders, resolve_cell
 from harness.store import inside_run, read_store, require_intact_audio
 
@@ -65,7 +64,7 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
                   embedders: str | Sequence[str] = ("mel",), *, clap_model: str | None = None,
                   weights: dict[str, str] | None = None,
                   device: str = "cpu", permutations: int = 999, bootstrap: int = 2000, seed: int = 0,
-                  cache_dir: str | Path | None = None) -> CompareResult:
+                  cache_dir: str | Path | None = None, follow_external_links: bool = False) -> CompareResult:
     """Paired tests of cell A against cell B (unique id prefixes accepted); see the module docstring."""
     root = Path(run_dir)
     with read_store(root) as store:
@@ -75,7 +74,7 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
     if a == b:
         raise ScoreError(f"cell A and cell B are the same cell ({a}); name two different cells")
     pairs = _pairs(samples, a, b)
-    ref_paths = _reference_paths(root, reference, samples, [a, b])
+    ref_paths = _reference_paths(root, reference, samples, [a, b], follow_external_links)
     options = {n: {"weights": path} for n, path in (weights or {}).items()}
     if clap_model:
         options.update({n: {"model": clap_model} for n in CLAP_EMBEDDERS})
@@ -114,12 +113,13 @@ def _pairs(samples: list[dict[str, Any]], a: str, b: str) -> list[dict[str, dict
     return [{"a": ok[(a, p, sd)], "b": ok[(b, p, sd)]} for p, sd in keys]
 
 
-def _reference_paths(root: Path, reference: str, samples, cells: list[str]) -> list[Path]:
+def _reference_paths(root: Path, reference: str, samples, cells: list[str],
+                     follow_external_links: bool = False) -> list[Path]:
     """The reference's audio files: a folder's usable clips, or a cell's ok samples (as a set)."""
     by_cell: dict[str, list[dict[str, Any]]] = {}
     for s in samples:
         by_cell.setdefault(s["cell_id"], []).append(s)
-    ref = resolve_reference(reference, root, by_cell, cells, DEFAULT_MIN_DURATION_S, None)
+    ref = resolve_reference(reference, root, by_cell, cells, ReferenceOptions(follow_external_links=follow_external_links))
     if ref.cell_id is not None:
         rows = [s for s in by_cell[ref.cell_id] if s["status"] == "ok"]
         require_intact_audio(root, rows)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.data.pairing import Pairing, pair_reference
-from harness.data.references import ReferenceSet, ingest_reference_folder
+from harness.data.references import DEFAULT_MIN_DURATION_S, ReferenceSet, ingest_reference_folder
 from harness.score.embed.audio import Clip
 from harness.score.embed.cache import AudioSource
 from harness.score.metrics.registry import MetricData
@@ -114,9 +114,19 @@ class Reference:
         return MetricData(x, prompts, keys, pooling, y, pair=pair, seed=seed), {"paired": False}
 
 
+@dataclass(frozen=True)
+class ReferenceOptions:
+    """How a reference folder is read: shortest usable clip, pairing with prompts, external links."""
+
+    min_duration_s: float = DEFAULT_MIN_DURATION_S
+    pair_by: str | None = None
+    follow_external_links: bool = False
+
+
 def resolve_reference(reference: str, root: Path, by_cell: dict[str, list[dict]], wanted: list[str],
-                      min_duration_s: float, pair_by: str | None) -> Reference:
+                      options: ReferenceOptions = ReferenceOptions()) -> Reference:
     """Resolve ``--reference`` (and ``--pair-by``) for the run at ``root``."""
+    pair_by = options.pair_by
     known = list(by_cell)
     if reference.startswith("cell:"):
         if pair_by:
@@ -127,7 +137,8 @@ def resolve_reference(reference: str, root: Path, by_cell: dict[str, list[dict]]
             raise ReferenceError(f"reference cell:{cell} has fewer than 2 ok samples")
         return Reference("cell", f"cell:{cell}", {"kind": "cell", "cell_id": cell, "n": len(ok),
                                                   "n_failed": len(by_cell[cell]) - len(ok)}, cell_id=cell)
-    ref_set = ingest_reference_folder(reference, min_duration_s=min_duration_s)
+    ref_set = ingest_reference_folder(reference, min_duration_s=options.min_duration_s,
+                                      follow_external_links=options.follow_external_links)
     pairing = None
     extra = {}
     if pair_by:

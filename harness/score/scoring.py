@@ -67,7 +67,7 @@ from harness.score.embed.cache import AudioSource, EmbeddingCache, EmbedResult, 
 from harness.score.embed.registry import Embedder, EmbedderError, available, get_embedder, options_of
 from harness.score.metrics.frechet import FAD_INF_MIN_N, fad_extras
 from harness.score.metrics.registry import Metric, available_metrics, metric_class
-from harness.score.reference import Reference, clip_loader, resolve_cell, resolve_reference
+from harness.score.reference import Reference, ReferenceOptions, clip_loader, resolve_cell, resolve_reference
 from harness.store import RunStore, open_store, require_intact_audio
 
 __all__ = ["METRICS", "ScoreError", "ScoreResult", "clip_loader", "clip_matrix", "fad_extras", "parse_embedders",
@@ -204,7 +204,7 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
               metrics: str | Sequence[str] = METRICS, cache_dir: str | Path | None = None,
               min_duration_s: float = DEFAULT_MIN_DURATION_S, progress: bool = False,
               pair_by: str | None = None, protocol: str | None = None,
-              substitute: dict[str, str] | None = None) -> ScoreResult:
+              substitute: dict[str, str] | None = None, follow_external_links: bool = False) -> ScoreResult:
     """Score a run folder's stored samples against ``reference``; see the module docstring.
 
     ``cache_dir``: the embedding cache root (None: the user cache; ``"run"``: ``<run>/embeddings``).
@@ -212,6 +212,7 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
     reference files pair with prompts (``harness.data.pairing``). ``protocol``: a protocol name;
     it replaces ``embedders`` and ``metrics``. ``substitute``: protocol embedder -> embedder to
     use instead (e.g. ``{"pann": "tiny-pann"}`` for tests; recorded in the rows).
+    ``follow_external_links``: use links in the reference folder that leave it (quarantined by default).
     """
     names = parse_embedders(embedders) if protocol is None else []
     metric_names = parse_metrics(metrics) if protocol is None else []
@@ -239,7 +240,7 @@ def score_run(run_dir: str | Path, reference: str, embedders: str | Sequence[str
         device = resolve_device("auto")
     with open_store(root) as store:
         return _score_locked(store, reference, jobs, proto, device, bootstrap, confidence, seed, cells,
-                             cache_dir, min_duration_s, progress, pair_by)
+                             cache_dir, ReferenceOptions(min_duration_s, pair_by, follow_external_links), progress)
 
 
 @dataclass
@@ -252,8 +253,8 @@ class _Group:
 
 
 def _score_locked(store: RunStore, reference: str, jobs: list[_Job], proto, device: str, bootstrap: int,
-                  confidence: float, seed: int, cells: Sequence[str] | None, cache_dir, min_duration_s: float,
-                  progress: bool, pair_by: str | None) -> ScoreResult:
+                  confidence: float, seed: int, cells: Sequence[str] | None, cache_dir,
+                  ref_options: ReferenceOptions, progress: bool) -> ScoreResult:
     root = store.root
     by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in store.samples():
@@ -261,7 +262,7 @@ def _score_locked(store: RunStore, reference: str, jobs: list[_Job], proto, devi
     known = list(by_cell)
     wanted = [resolve_cell(c, known) for c in cells] if cells else known
     skipped: dict[str, str] = {}
-    ref = resolve_reference(reference, root, by_cell, wanted, min_duration_s, pair_by)
+    ref = resolve_reference(reference, root, by_cell, wanted, ref_options)
     if ref.cell_id in wanted:
         wanted = [c for c in wanted if c != ref.cell_id]
         skipped[ref.cell_id] = "is the reference"
