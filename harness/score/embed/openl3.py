@@ -1,0 +1,335 @@
+"""``openl3`` and ``tiny-openl3``: OpenL3 embeddings as stable-audio-metrics computes them, 512-d
+per 1 s frame every 0.5 s.
+
+stable-audio-metrics (Stability-AI, ``src/openl3_fd.py``, as called by its ``examples/audiocaps.py``
+and ``examples/musiccaps.py``) loads ``openl3.models.load_audio_embedding_model(input_repr="mel256",
+content_type=..., embedding_size=512)`` and per file:
+
+1. reads the file at its own rate and peak-normalises it to -1 dBFS (``pyln.normalize.peak``);
+2. resamples it with soxr (HQ) to the "evaluation bandwidth" ``samplingrate = 44100``;
+3. hands it to ``openl3.get_audio_embedding(..., hop_size=0.5)``, which resamples to 48 kHz with
+   resampy's ``kaiser_best`` filter, pads 0.5 s of zeros in front (``center=True``), zero-pads
+   the end to a whole number of hops, and cuts 1 s frames every 0.5 s;
+4. with ``channels=2`` (what both examples use) embeds the left and right channels apart and
+   concatenates them (1024-d); a mono file is "faked" to stereo, so its row is ``[e, e]``.
+   With ``channels=1`` a stereo file is down-mixed (channel mean) and rows are 512-d.
+
+Every frame is one row: the FD statistics pool the frames of all clips (see
+``harness.score.metrics.stable_audio``).
+
+Here (option ``content_type``: ``env`` for AudioCaps, ``music`` for MusicCaps; ``channels``: 1 or
+2, default 2): the harness hands the embedder its mono clip at 44.1 kHz (soxr HQ, as step 2);
+the embedder peak-normalises it (after the soxr step rather than before: the OpenL3 front end
+subtracts each frame's maximum in dB, so a gain does not change the embedding beyond float
+round-off), resamples to 48 kHz with resampy's ``kaiser_best`` algorithm written out in numpy
+(``resample_kaiser_best``; the filter is recomputed from its published parameters and equals
+resampy's table to 2e-16), frames as in step 3, and runs the network. Stereo files reach the
+harness already down-mixed, so for them ``channels=2`` gives ``[e(mean), e(mean)]`` where
+stable-audio-metrics gives ``[e(left), e(right)]``; AudioLDM 2's output is mono, where the two
+agree.
+
+The network is torchopenl3's ``PytorchOpenl3`` (mel256, 512-d; a port of the Keras model with
+kapre 0.1.4's front end): parameter and buffer names equal those of its published files
+``torchopenl3_mel256_{env,music}_512.pth.tar``, which load with strict key checking. Front end:
+a 2048-point periodic-Hann STFT every 242 samples of the 48 000-sample frame with keras "same"
+padding (982 zeros each side; 199 frames), power spectrum, the 256-band mel matrix the file
+carries (``speclayer.mel_basis``; built here as librosa's ``mel(sr=48000, n_fft=2048, n_mels=256,
+htk=True, norm=1)`` for the tiny model), square root, ``10 log10(max(x, 1e-10))`` minus the
+frame's maximum, floored at -80 dB. The STFT is computed with an FFT instead of the file's DFT
+kernels, which are checked against ours on loading. Then seven 3x3 conv + batch-norm + ReLU
+layers with three 2x2 max-pools, a 3x3 ``audio_embedding_layer`` conv and a max-pool over the
+whole (32, 24) map: 512 values per frame. Eval mode.
+
+``tiny-openl3`` is the same network with narrow random layers (seeded), for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+from harness.checkpoints._cache import default_cache_dir
+from harness.score.embed._torch import TorchEmbedder
+from harness.score.embed.audio import RESAMPLER
+from harness.score.embed.registry import EmbedderError, register
+
+__all__ = ["OpenL3Embedder", "TinyOpenL3Embedder", "build_openl3", "openl3_frames", "openl3_mel_basis",
+           "peak_normalize", "resample_kaiser_best"]
+
+CONTENT_TYPES = ("env", "music")
+TARGET_SR = 48000
+FRONT_END = {"bandwidth_sr": 44100, "target_sr": TARGET_SR, "frame_s": 1.0, "hop_s": 0.5, "center": True,
+             "input_repr": "mel256", "n_dft": 2048, "n_hop": 242, "n_mels": 256, "amin": 1e-10,
+             "dynamic_range_db": 80.0, "peak_dbfs": -1.0}
+FULL_WIDTHS = (64, 64, 128, 128, 256, 256, 512, 512)  # conv2d_1..7, audio_embedding_layer
+WEIGHTS_URL = "https://github.com/torchopenl3/torchopenl3-models/raw/master/{file}"
+_MISSING = ("openl3: weights file {path} not found. On a machine with network: wget -O '{path}' '{url}' "
+            "(torchopenl3's published mel256 {content} 512 model), then copy it here; or point "
+            "AUDIOLDM2_HARNESS_OPENL3_WEIGHTS at it")
+
+# resampy 0.2.2's kaiser_best filter: 64 zero crossings, 2**9 table entries per crossing, a
+# Kaiser window with this beta and this roll-off (resampy/filters.py, data/kaiser_best.npz).
+_CHUNK = 16384
+_KAISER_BEST = {"num_zeros": 64, "num_table": 512, "beta": 14.769656459379492, "rolloff": 0.9475937167399596}
+
+
+def weights_file(content_type: str) -> str:
+    """torchopenl3's file name for the mel256 512-d model of ``content_type``."""
+    return f"torchopenl3_mel256_{content_type}_512.pth.tar"
+
+
+def peak_normalize(samples: np.ndarray, target_dbfs: float = -1.0) -> np.ndarray:
+    """``samples`` scaled so the largest absolute sample is ``target_dbfs`` (pyloudnorm's ``normalize.peak``).
+
+    pyloudnorm divides by the peak unconditionally (a silent clip becomes NaN); here a silent
+    clip is returned unchanged, so it gets an embedding instead of poisoning the statistics.
+    """
+    x = np.asarray(samples)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    return (np.power(10.0, target_dbfs / 20.0) / peak) * x
+
+
+def _kaiser_best_window() -> tuple[np.ndarray, int]:
+    """resampy's kaiser_best half window (32769 taps) and its table precision."""
+    import scipy.signal
+
+    f = _KAISER_BEST
+    n = f["num_zeros"] * f["num_table"]
+    sinc = f["rolloff"] * np.sinc(f["rolloff"] * np.linspace(0, f["num_zeros"], num=n + 1, endpoint=True))
+    return scipy.signal.windows.kaiser(2 * n + 1, f["beta"])[n:] * sinc, f["num_table"]
+
+
+def resample_kaiser_best(x: np.ndarray, sr_orig: int, sr_new: int) -> np.ndarray:
+    """Resample 1-D ``x`` as ``resampy.resample(x, sr_orig, sr_new, filter="kaiser_best")`` does (float64).
+
+    resampy's numba loop (resampy/interpn.py) vectorised over output samples: each output sums
+    the filter's left wing over past inputs and its right wing over future inputs, with linear
+    interpolation inside the filter table; the time register is accumulated sequentially as
+    there, so the sample positions are bit-identical.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    ratio = float(sr_new) / sr_orig
+    n_out = int(x.size * ratio)
+    if n_out < 1:
+        raise EmbedderError(f"openl3: a clip of {x.size} samples is too short to resample from {sr_orig} to {sr_new} Hz")
+    win, num_table = _kaiser_best_window()
+    if ratio < 1:
+        win = win * ratio
+    delta = np.zeros_like(win)
+    delta[:-1] = np.diff(win)
+    scale = min(1.0, ratio)
+    step = int(scale * num_table)
+    increments = np.full(n_out, 1.0 / ratio)
+    increments[0] = 0.0
+    time = np.add.accumulate(increments)  # sequential, as the loop's time_register += increment
+    y = np.zeros(n_out)
+    for start in range(0, n_out, _CHUNK):  # (chunk, taps) blocks keep memory bounded
+        t = time[start:start + _CHUNK]
+        n = t.astype(np.int64)
+        for frac, left in ((scale * (t - n), True), (scale - scale * (t - n), False)):
+            index = frac * num_table
+            offset = index.astype(np.int64)
+            eta = (index - offset)[:, None]
+            taps = np.minimum(n + 1 if left else x.size - n - 1, (win.size - offset) // step)
+            i = np.arange(int(taps.max(initial=0)))[None]
+            live = i < taps[:, None]
+            pos = np.where(live, offset[:, None] + i * step, 0)
+            src = np.where(live, n[:, None] - i if left else n[:, None] + i + 1, 0)
+            y[start:start + t.size] += np.where(live, (win[pos] + eta * delta[pos]) * x[src], 0.0).sum(axis=1)
+    return y
+
+
+def openl3_frames(samples_48k: np.ndarray, hop_s: float = 0.5) -> np.ndarray:
+    """(n_frames, 48000) frames of a 48 kHz clip, as openl3's ``_preprocess_audio_batch`` cuts them.
+
+    0.5 s of zeros in front (``center=True``), zeros at the end up to a whole number of hops
+    (and at least one frame), a 1 s frame every ``hop_s``.
+    """
+    frame, hop = TARGET_SR, int(hop_s * TARGET_SR)
+    x = np.concatenate([np.zeros(frame // 2), np.asarray(samples_48k, dtype=np.float64).reshape(-1)])
+    pad = frame - x.size if x.size < frame else -(-(x.size - frame) // hop) * hop - (x.size - frame)
+    x = np.pad(x, (0, max(pad, 0)))
+    n_frames = 1 + (x.size - frame) // hop
+    return np.lib.stride_tricks.sliding_window_view(x, frame)[::hop][:n_frames]
+
+
+def openl3_mel_basis() -> np.ndarray:
+    """(256, 1025) mel matrix of librosa's ``mel(sr=48000, n_fft=2048, n_mels=256, fmin=0, fmax=24000,
+    htk=True, norm=1)``: HTK-mel triangles in Hz, each band scaled to unit sum (empty bands stay 0)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    f = FRONT_END
+    with warnings.catch_warnings():  # the lowest HTK bands hold no FFT bin at n_fft=2048 (librosa warns too)
+        warnings.simplefilter("ignore", UserWarning)
+        tri = mel_filter_bank(num_frequency_bins=f["n_dft"] // 2 + 1, num_mel_filters=f["n_mels"], min_frequency=0.0,
+                              max_frequency=TARGET_SR / 2, sampling_rate=TARGET_SR, norm=None, mel_scale="htk").T
+    sums = tri.sum(axis=1, keepdims=True)
+    return tri / np.where(sums > np.finfo(np.float32).tiny, sums, 1.0)
+
+
+def _dft_kernels(n_dft: int) -> tuple[np.ndarray, np.ndarray]:
+    """kapre 0.1.4's windowed DFT kernels, (n_dft // 2 + 1, 1, n_dft) each, as torchopenl3 stores them."""
+    t = np.arange(n_dft)
+    w = np.arange(n_dft // 2 + 1)[:, None] * 2 * np.pi / n_dft
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * t / n_dft)).astype(np.float32)  # periodic Hann
+    return ((np.cos(w * t) * window)[:, None].astype(np.float32), (-np.sin(w * t) * window)[:, None].astype(np.float32))
+
+
+def build_openl3(widths: Sequence[int] = FULL_WIDTHS) -> "torch.nn.Module":
+    """torchopenl3's mel256 network (eval mode) with its parameter and buffer names; ``widths``
+    are the output channels of conv2d_1..conv2d_7 and audio_embedding_layer."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    f = FRONT_END
+
+    class MelSpec(nn.Module):
+        """kapre 0.1.4's Melspectrogram as torchopenl3 ports it, with an FFT for its DFT kernels."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            # torchopenl3's files also hold its DFT kernels (speclayer.dft_real_kernels and
+            # speclayer.dft_imag_kernels): checked against _dft_kernels on loading, then unused.
+            self.register_buffer("mel_basis", torch.from_numpy(openl3_mel_basis().astype(np.float32)))
+            self.register_buffer("window", torch.hann_window(f["n_dft"], periodic=True), persistent=False)
+
+        def forward(self, frames):
+            """(batch, 48000) -> (batch, 1, 256, 199) in dB below the frame's maximum."""
+            rem = TARGET_SR % f["n_hop"]  # keras "same" padding for a 48000-sample input
+            total = max(f["n_dft"] - (rem or f["n_hop"]), 0)
+            # float64 here: bins near the -80 dB floor would otherwise carry float32 FFT noise
+            x = F.pad(frames.double(), (total // 2, total - total // 2))
+            spec = torch.stft(x, f["n_dft"], f["n_hop"], window=self.window.double(), center=False, return_complex=True)
+            mel = torch.sqrt(self.mel_basis.double() @ (spec.real ** 2 + spec.imag ** 2))  # power_melgram = 1.0
+            db = 10.0 * torch.log10(torch.clamp(mel, min=f["amin"]))
+            db = db - db.amax(dim=(1, 2), keepdim=True)
+            return torch.clamp(db, min=-f["dynamic_range_db"])[:, None].to(frames.dtype)
+
+    class PytorchOpenl3(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.speclayer = MelSpec()
+            channels = (1, *widths)
+            for i in range(8):
+                self.add_module(f"batch_normalization_{i + 1}", nn.BatchNorm2d(channels[i], eps=0.001, momentum=0.99))
+            for i in range(7):
+                self.add_module(f"conv2d_{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1))
+            self.audio_embedding_layer = nn.Conv2d(channels[7], channels[8], 3, padding=1)
+
+        def forward(self, frames):
+            x = self.batch_normalization_1(self.speclayer(frames))
+            for i in range(1, 8):
+                x = F.relu(getattr(self, f"batch_normalization_{i + 1}")(getattr(self, f"conv2d_{i}")(x)))
+                if i in (2, 4, 6):
+                    x = F.max_pool2d(x, 2)
+            x = self.audio_embedding_layer(x)
+            return F.max_pool2d(x, kernel_size=(32, 24)).flatten(1)  # (32, 24): the whole map
+
+    return PytorchOpenl3().eval()
+
+
+class _OpenL3Base(TorchEmbedder):
+    """Shared embedding code: stable-audio-metrics' per-file steps, then frames through the network."""
+
+    sample_rate = FRONT_END["bandwidth_sr"]
+    window_s = FRONT_END["frame_s"]
+    hop_s = FRONT_END["hop_s"]
+    batch_size = 4  # clips per call; frames go through the network 32 at a time
+    pooling = "frames"  # FD statistics pool every frame row of every clip (stable-audio-metrics)
+    frames_per_pass = 32
+
+    def _set_options(self, content_type: str, channels: int) -> None:
+        if content_type not in CONTENT_TYPES:
+            raise EmbedderError(f"{self.name}: unknown content_type {content_type!r}; valid: {', '.join(CONTENT_TYPES)}")
+        if channels not in (1, 2):
+            raise EmbedderError(f"{self.name}: channels must be 1 or 2; got {channels!r}")
+        self.content_type, self.channels = content_type, int(channels)
+
+    def output_features(self, model) -> int:
+        return model.audio_embedding_layer.out_channels
+
+    @property
+    def dim(self) -> int:
+        return self._dim * self.channels
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**FRONT_END, "content_type": self.content_type, "channels": self.channels,
+                "peak_normalize": "to -1 dBFS at 44.1 kHz (silence left as is)", "to_48k": "resampy kaiser_best (numpy)",
+                "spectrum": "fft, periodic hann, keras same padding", "embedding": "max over audio_embedding_layer map",
+                "mono": "mean of channels", "stereo": "[e, e] (mono input faked to stereo)" if self.channels == 2 else "none",
+                "pooling": self.pooling, "resampler": RESAMPLER}
+
+    def frames(self, clip: np.ndarray) -> np.ndarray:
+        """(n_frames, 48000) network inputs of one clip at 44.1 kHz (steps 1 to 3 of the module docstring)."""
+        samples = peak_normalize(np.asarray(clip, dtype=np.float64).reshape(-1), FRONT_END["peak_dbfs"])
+        return openl3_frames(resample_kaiser_best(samples, self.sample_rate, TARGET_SR), self.hop_s)
+
+    def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        out = []
+        for clip in clips:
+            if clip.size == 0:
+                raise EmbedderError(f"{self.name}: cannot embed an empty clip")
+            frames = self.frames(clip)
+            rows = []
+            for s in range(0, frames.shape[0], self.frames_per_pass):
+                batch = torch.from_numpy(frames[s:s + self.frames_per_pass]).float().to(self.device)
+                with torch.no_grad():
+                    rows.append(self.model(batch).to("cpu").numpy())
+            emb = np.concatenate(rows).astype(np.float32)
+            out.append(np.concatenate([emb, emb], axis=1) if self.channels == 2 else emb)
+        return out
+
+
+def default_weights_path(content_type: str) -> Path:
+    """$AUDIOLDM2_HARNESS_OPENL3_WEIGHTS, else <harness cache>/weights/torchopenl3_mel256_<type>_512.pth.tar."""
+    env = os.environ.get("AUDIOLDM2_HARNESS_OPENL3_WEIGHTS")
+    return Path(env) if env else default_cache_dir() / "weights" / weights_file(content_type)
+
+
+@register
+class OpenL3Embedder(_OpenL3Base):
+    """OpenL3 (mel256, 512-d, env or music) with torchopenl3's published weights from a local file."""
+
+    name = "openl3"
+    description = ("OpenL3 mel256 512-d per 1 s frame, hop 0.5 s, as stable-audio-metrics configures it "
+                   "(weights: torchopenl3_mel256_<env|music>_512.pth.tar, local file)")
+    version = "1"
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", content_type: str = "env",
+                 channels: int = 2) -> None:
+        self._set_options(content_type, channels)
+        path = Path(weights or default_weights_path(content_type))
+        missing = _MISSING.format(path="{path}", url=WEIGHTS_URL.format(file=weights_file(content_type)),
+                                  content=content_type)
+        real, imag = _dft_kernels(FRONT_END["n_dft"])
+        import torch
+
+        self._from_file(path, build_openl3, device, missing,
+                        check={"speclayer.dft_real_kernels": torch.from_numpy(real),
+                               "speclayer.dft_imag_kernels": torch.from_numpy(imag)})
+
+
+@register
+class TinyOpenL3Embedder(_OpenL3Base):
+    """OpenL3's structure with narrow random layers (tests only: its distances mean nothing)."""
+
+    name = "tiny-openl3"
+    description = "random-weight narrow OpenL3 (tests; embeddings are meaningless)"
+    version = "1"
+
+    def __init__(self, seed: int = 0, device: str = "cpu", content_type: str = "env", channels: int = 2) -> None:
+        self._set_options(content_type, channels)
+        self._random(seed, lambda: build_openl3(widths=(4, 4, 8, 8, 8, 8, 16, 16)), device)
