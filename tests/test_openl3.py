@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from harness.score.embed.audio import peak_normalize
 from harness.score.embed.openl3 import (OpenL3Embedder, _dft_kernels, build_openl3, openl3_frames, openl3_mel_basis,
-                                        peak_normalize, resample_kaiser_best)
+                                        resample_kaiser_best)
 from harness.score.embed.registry import EmbedderError, get_embedder
 
 

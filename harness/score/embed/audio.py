@@ -15,9 +15,23 @@ import numpy as np
 
 from harness.data.audio import content_sha256, read_mono
 
-__all__ = ["RESAMPLER", "Clip", "content_sha256", "read_mono"]
+__all__ = ["RESAMPLER", "Clip", "content_sha256", "peak_normalize", "read_mono"]
 
 RESAMPLER = {"library": "soxr", "quality": "HQ"}
+
+
+def peak_normalize(samples: np.ndarray, target_dbfs: float = -1.0) -> np.ndarray:
+    """``samples`` scaled so the largest absolute sample is ``target_dbfs`` (pyloudnorm's ``normalize.peak``).
+
+    stable-audio-metrics applies ``pyln.normalize.peak(audio, -1.0)`` to every clip before OpenL3,
+    PaSST and CLAP. pyloudnorm divides by the peak unconditionally (a silent clip becomes NaN);
+    here a silent clip is returned unchanged.
+    """
+    x = np.asarray(samples)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    return (np.power(10.0, target_dbfs / 20.0) / peak) * x
 
 
 @dataclass

@@ -58,11 +58,11 @@ if TYPE_CHECKING:
 
 from harness.checkpoints._cache import default_cache_dir
 from harness.score.embed._torch import TorchEmbedder
-from harness.score.embed.audio import RESAMPLER
+from harness.score.embed.audio import RESAMPLER, peak_normalize
 from harness.score.embed.registry import EmbedderError, register
 
 __all__ = ["OpenL3Embedder", "TinyOpenL3Embedder", "build_openl3", "openl3_frames", "openl3_mel_basis",
-           "peak_normalize", "resample_kaiser_best"]
+           "resample_kaiser_best"]
 
 CONTENT_TYPES = ("env", "music")
 TARGET_SR = 48000
@@ -84,19 +84,6 @@ _KAISER_BEST = {"num_zeros": 64, "num_table": 512, "beta": 14.769656459379492, "
 def weights_file(content_type: str) -> str:
     """torchopenl3's file name for the mel256 512-d model of ``content_type``."""
     return f"torchopenl3_mel256_{content_type}_512.pth.tar"
-
-
-def peak_normalize(samples: np.ndarray, target_dbfs: float = -1.0) -> np.ndarray:
-    """``samples`` scaled so the largest absolute sample is ``target_dbfs`` (pyloudnorm's ``normalize.peak``).
-
-    pyloudnorm divides by the peak unconditionally (a silent clip becomes NaN); here a silent
-    clip is returned unchanged, so it gets an embedding instead of poisoning the statistics.
-    """
-    x = np.asarray(samples)
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak == 0.0:
-        return x
-    return (np.power(10.0, target_dbfs / 20.0) / peak) * x
 
 
 def _kaiser_best_window() -> tuple[np.ndarray, int]:
@@ -285,7 +272,7 @@ class _OpenL3Base(TorchEmbedder):
             frames = self.frames(clip)
             rows = []
             for s in range(0, frames.shape[0], self.frames_per_pass):
-                batch = torch.from_numpy(frames[s:s + self.frames_per_pass]).float().to(self.device)
+                batch = torch.from_numpy(np.array(frames[s:s + self.frames_per_pass], dtype=np.float32)).to(self.device)
                 with torch.no_grad():
                     rows.append(self.model(batch).to("cpu").numpy())
             emb = np.concatenate(rows).astype(np.float32)
