@@ -1,6 +1,5 @@
 """stable-audio-metrics' formulas: FD_openl3 against its scipy ``sqrtm`` statistics on pooled frames,
-KL_passt against torch's ``kl_div`` the way ``src/passt_kld.py`` calls it, the PaSST window rule
-by hand, and the CLAP embedder's peak normalisation option."""
+KL_passt against torch's ``kl_div`` the way ``src/passt_kld.py`` calls it, and the CLAP embedder's peak normalisation option."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from harness.score.embed.audio import peak_normalize
 from harness.score.embed.registry import get_embedder
 from harness.score.metrics.stable_audio import (fd_openl3, kl_passt, kl_passt_divergences, passt_probabilities,
-                                                passt_windows, pooled_frames)
+                                                pooled_frames)
 
 
 def _reference_fd(frames_x: list[np.ndarray], frames_y: list[np.ndarray]) -> float:
@@ -82,20 +81,6 @@ def test_kl_passt_direction_and_a_hand_computed_case():
     np.testing.assert_allclose(kl_passt_divergences(gen + ref, ref + ref), [expected, 0.0], atol=2e-6)
     with pytest.raises(ValueError, match="paired"):
         kl_passt_divergences(gen, ref + ref)
-
-
-@pytest.mark.parametrize("seconds, sizes", [
-    (10.0, [320000]),                 # range(0, 160000, 160000): one window
-    (10.24, [320000, 320000]),        # second window 5-10.24 s, padded
-    (20.0, [320000] * 3),             # 0-10, 5-15, 10-20
-    (4.0, [320000]),                  # short clip: padded to 10 s
-    (1.0, [32000]),                   # under 15% of 10 s: left short, as the code does
-])
-def test_passt_windows_follow_the_reference_loop(seconds, sizes):
-    x = np.arange(1, int(seconds * 32000) + 1, dtype=np.float64)
-    windows = passt_windows(x)
-    assert [w.size for w in windows] == sizes
-    assert all(w[0] == 1 + 160000 * i for i, w in enumerate(windows))
 
 
 def test_clap_peak_normalisation_option_is_stable_audio_metrics_input():

@@ -10,13 +10,13 @@ Three figures, each equal to the reference code's on the same embeddings or logi
   eigenvalue form (``harness.score.metrics.frechet``), equal to scipy's ``sqrtm`` to round-off.
   Generated and reference sets are unpaired; frames, not clips, are the samples.
 * ``kl_passt`` (``src/passt_kld.py``): per clip, PaSST's 527 logits of each 10 s window
-  (``passt_windows``) are collapsed by their ``mean`` (``collect="mean"``, the default every
-  example uses; ``"max"`` is the alternative), then ``softmax`` over classes (not sigmoid: as
-  MusicGen's KLD, the reference's docstring says). Per pair: ``F.kl_div((p_ref + 1e-6).log(),
-  p_gen, reduction="sum")`` = ``sum_c p_gen (log p_gen - log(p_ref + 1e-6))``: KL(generated ||
-  reference), the eps on the reference side. This is the opposite direction from audioldm_eval's
-  ``kl_softmax`` (KL(reference || generated), eps on the generated side). The figure is the mean
-  over pairs (generated clip and reference clip of the same id).
+  (``harness.score.embed.passt.passt_windows``) are collapsed by their ``mean``
+  (``collect="mean"``, what every example uses; ``"max"`` is the alternative), then ``softmax``
+  over classes (not sigmoid: as MusicGen's KLD, the reference's docstring says). Per pair:
+  ``F.kl_div((p_ref + 1e-6).log(), p_gen, reduction="sum")`` = ``sum_c p_gen (log p_gen -
+  log(p_ref + 1e-6))``: KL(generated || reference), the eps on the reference side. This is the
+  opposite direction from audioldm_eval's ``kl_softmax`` (KL(reference || generated), eps on the
+  generated side). The figure is the mean over pairs (generated and reference clip of one id).
 * ``clap_score`` (``src/clap_score.py``): per clip, the cosine between the LAION-CLAP text
   embedding of its prompt and the audio embedding of the clip loaded at 48 kHz, peak-normalised
   to -1 dBFS and passed through laion's int16 round trip (x32767, truncation, /32767); the
@@ -37,17 +37,14 @@ import numpy as np
 
 from harness.score.metrics.frechet import FrechetResult, check_embeddings, frechet_distance, gaussian_stats
 
-__all__ = ["COLLECTS", "KL_EPS", "PASST_SAMPLE_RATE", "PROTOCOL", "PROTOCOL_VERSION", "VARIANTS",
-           "fd_openl3", "kl_passt", "kl_passt_divergences", "passt_probabilities", "passt_windows",
-           "pooled_frames"]
+__all__ = ["COLLECTS", "KL_EPS", "PROTOCOL", "PROTOCOL_VERSION", "VARIANTS", "fd_openl3", "kl_passt",
+           "kl_passt_divergences", "passt_probabilities", "pooled_frames"]
 
 PROTOCOL = "stable-audio-metrics"
 # Bump when a formula or a setting below changes, so stored figures of the old rules are not mixed in.
 PROTOCOL_VERSION = "1"
 KL_EPS = 1e-6
 COLLECTS = ("mean", "max")
-PASST_SAMPLE_RATE = 32000
-PASST_WINDOW_S, PASST_OVERLAP_S, PASST_MIN_FRACTION = 10, 5, 0.15
 
 # What each reference example sets. openl3: channels=2 (1024-d rows; a mono file is faked to
 # stereo), samplingrate=44100 (the bandwidth before openl3's own 48 kHz resampling), hop 0.5 s,
@@ -82,27 +79,6 @@ def fd_openl3(generated: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
     mu_x, s_x = gaussian_stats(x)
     mu_y, s_y = gaussian_stats(y)
     return frechet_distance(mu_x, s_x, mu_y, s_y, n1=x.shape[0], n2=y.shape[0])
-
-
-def passt_windows(samples: np.ndarray) -> list[np.ndarray]:
-    """The 10 s analysis windows of a 32 kHz clip, as ``return_probabilities`` cuts them.
-
-    Starts every 5 s over ``range(0, max(step, len - step), step)``; a window shorter than 10 s
-    is zero-padded to 10 s when it holds more than 15% of 10 s, and otherwise left short (the
-    reference's comment says such windows are discarded, but its code feeds them to PaSST
-    unpadded; this follows the code). A 10.24 s clip gives two windows: 0-10 s and 5-10.24 s
-    padded.
-    """
-    x = np.asarray(samples).reshape(-1)
-    size = int(PASST_WINDOW_S * PASST_SAMPLE_RATE)
-    step = int((PASST_WINDOW_S - PASST_OVERLAP_S) * PASST_SAMPLE_RATE)
-    windows = []
-    for start in range(0, max(step, x.size - step), step):
-        window = x[start:start + size]
-        if window.size < size and window.size > int(size * PASST_MIN_FRACTION):
-            window = np.pad(window, (0, size - window.size))
-        windows.append(window)
-    return windows
 
 
 def passt_probabilities(window_logits: np.ndarray, collect: str = "mean") -> np.ndarray:
