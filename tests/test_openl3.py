@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.score.embed.audio import peak_normalize
+from harness.score.embed.audio import Clip, peak_normalize
 from harness.score.embed.openl3 import (OpenL3Embedder, _dft_kernels, build_openl3, openl3_frames, openl3_mel_basis,
                                         resample_kaiser_best)
 from harness.score.embed.registry import EmbedderError, get_embedder
@@ -20,7 +20,8 @@ def test_network_has_torchopenl3_names_and_size():
     bn = [f"batch_normalization_{i}.{k}" for i in range(1, 9)
           for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
     conv = [f"{n}.{k}" for n in [f"conv2d_{i}" for i in range(1, 8)] + ["audio_embedding_layer"] for k in ("weight", "bias")]
-    assert sorted(model.state_dict()) == sorted(["speclayer.mel_basis", *bn, *conv])
+    spec = ["speclayer.dft_real_kernels", "speclayer.dft_imag_kernels", "speclayer.mel_basis"]
+    assert sorted(model.state_dict()) == sorted([*spec, *bn, *conv])
     # 3x3 convs 1-64-64-128-128-256-256-512-512 with biases, plus 8 batch norms' affine terms
     widths = (1, 64, 64, 128, 128, 256, 256, 512, 512)
     expected = sum(9 * a * b + b for a, b in zip(widths[:-1], widths[1:])) + 2 * sum(widths[:-1])
@@ -83,33 +84,43 @@ def test_embedding_rows_stereo_and_batch_independence():
     mono = get_embedder("tiny-openl3", channels=1)
     stereo = get_embedder("tiny-openl3")
     rng = np.random.default_rng(2)
-    a, b = rng.normal(0, 0.1, 44100 + 441).astype(np.float32), rng.normal(0, 0.1, 22050).astype(np.float32)
-    alone = mono.embed_audio([a])[0]
+    a = Clip(rng.normal(0, 0.1, 16000 + 160).astype(np.float32), 16000)
+    b = Clip(rng.normal(0, 0.1, 22050).astype(np.float32), 44100)
+    alone = mono.embed_audio([mono.audio_of(a)])[0]
     assert alone.shape == (3, mono.dim) and stereo.dim == 2 * mono.dim
-    np.testing.assert_allclose(mono.embed_audio([b, a])[1], alone, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(stereo.embed_audio([a])[0], np.concatenate([alone, alone], axis=1))
-    # peak normalisation and the per-frame dB maximum: a gain changes nothing beyond round-off
-    np.testing.assert_allclose(mono.embed_audio([0.05 * a])[0], alone, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mono.embed_audio([mono.audio_of(b), mono.audio_of(a)])[1], alone, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(stereo.embed_audio([stereo.audio_of(a)])[0], np.concatenate([alone, alone], axis=1))
     assert mono.identity_key != stereo.identity_key != get_embedder("tiny-openl3", content_type="music").identity_key
     np.testing.assert_array_equal(peak_normalize(np.zeros(4)), np.zeros(4))
-    assert np.max(np.abs(peak_normalize(a))) == pytest.approx(10 ** (-1 / 20))
+    assert np.max(np.abs(peak_normalize(a.samples))) == pytest.approx(10 ** (-1 / 20))
 
 
-def test_loads_torchopenl3_layout_and_refuses_other_files(tmp_path):
+def test_peak_normalisation_happens_at_the_file_rate_then_soxr():
+    # stable-audio-metrics: pyln.normalize.peak(audio at its own rate), then soxr.resample to 44.1 kHz
+    import soxr
+
+    clip = Clip(np.random.default_rng(5).normal(0, 0.2, 8000).astype(np.float32), 16000)
+    embedder = get_embedder("tiny-openl3")
+    expected = soxr.resample(peak_normalize(clip.samples.astype(np.float64)), 16000, 44100, quality="HQ")
+    np.testing.assert_array_equal(embedder.audio_of(clip), expected)
+    # the scoring path (embed_sources) goes through audio_of
+    from harness.score.embed.cache import AudioSource, embed_sources
+
+    result = embed_sources([AudioSource(label="clip", load=lambda: clip)], [embedder], None)
+    np.testing.assert_array_equal(result.embeddings[embedder.name][0], embedder.embed_audio([expected])[0])
+
+
+def test_loads_torchopenl3_layout_strictly(tmp_path):
     model = build_openl3()
-    real, imag = _dft_kernels(2048)
-    state = {**model.state_dict(), "speclayer.dft_real_kernels": torch.from_numpy(real),
-             "speclayer.dft_imag_kernels": torch.from_numpy(imag)}
-    torch.save(state, tmp_path / "torchopenl3_mel256_env_512.pth.tar")
+    torch.save(model.state_dict(), tmp_path / "torchopenl3_mel256_env_512.pth.tar")
     embedder = OpenL3Embedder(weights=str(tmp_path / "torchopenl3_mel256_env_512.pth.tar"), channels=1)
-    audio = np.random.default_rng(3).normal(0, 0.1, 44100).astype(np.float32)
+    audio = embedder.audio_of(Clip(np.random.default_rng(3).normal(0, 0.1, 44100).astype(np.float32), 44100))
     with torch.no_grad():
         expected = model(torch.from_numpy(embedder.frames(audio).astype(np.float32))).numpy()
     np.testing.assert_allclose(embedder.embed_audio([audio])[0], expected, rtol=1e-5, atol=1e-6)
     assert embedder.dim == 512
-    state["speclayer.dft_real_kernels"] = state["speclayer.dft_real_kernels"] * 2
-    torch.save(state, tmp_path / "other.pth.tar")
-    with pytest.raises(EmbedderError, match="different speclayer.dft_real_kernels"):
+    torch.save({k: v for k, v in model.state_dict().items() if k != "speclayer.mel_basis"}, tmp_path / "other.pth.tar")
+    with pytest.raises(EmbedderError, match="does not fit the model"):
         OpenL3Embedder(weights=str(tmp_path / "other.pth.tar"))
 
 

@@ -69,3 +69,13 @@ class Clip:
             out = soxr.resample(self.samples, self.sample_rate, rate, quality=RESAMPLER["quality"])
             self._resampled[rate] = np.ascontiguousarray(out, dtype=np.float32)
         return self._resampled[rate]
+
+    def peak_normalized_at_rate(self, rate: int, target_dbfs: float) -> np.ndarray:
+        """Peak-normalised at the clip's own rate (float64), then soxr to ``rate``: stable-audio-metrics'
+        OpenL3 input order (``pyln.normalize.peak`` before ``soxr.resample``). Not cached."""
+        x = peak_normalize(self.samples.astype(np.float64), target_dbfs)
+        if rate == self.sample_rate:
+            return x
+        import soxr
+
+        return soxr.resample(x, self.sample_rate, rate, quality=RESAMPLER["quality"])

@@ -153,7 +153,7 @@ def embed_sources(sources: Sequence[AudioSource], embedders: Sequence[Embedder],
             items = todo[e.name]
             for b in range(0, len(items), e.batch_size):
                 batch = items[b:b + e.batch_size]
-                outs = e.embed_audio([clip.at_rate(e.sample_rate) for _, clip in batch])
+                outs = e.embed_audio([e.audio_of(clip) for _, clip in batch])
                 for (i, clip), arr in zip(batch, outs):
                     arr = np.asarray(arr, dtype=np.float32)
                     result.embeddings[e.name][i] = arr

@@ -18,27 +18,27 @@ Every frame is one row: the FD statistics pool the frames of all clips (see
 ``harness.score.metrics.stable_audio``).
 
 Here (option ``content_type``: ``env`` for AudioCaps, ``music`` for MusicCaps; ``channels``: 1 or
-2, default 2): the harness hands the embedder its mono clip at 44.1 kHz (soxr HQ, as step 2);
-the embedder peak-normalises it (after the soxr step rather than before: the OpenL3 front end
-subtracts each frame's maximum in dB, so a gain does not change the embedding beyond float
-round-off), resamples to 48 kHz with resampy's ``kaiser_best`` algorithm written out in numpy
-(``resample_kaiser_best``; the filter is recomputed from its published parameters and equals
-resampy's table to 2e-16), frames as in step 3, and runs the network. Stereo files reach the
-harness already down-mixed, so for them ``channels=2`` gives ``[e(mean), e(mean)]`` where
-stable-audio-metrics gives ``[e(left), e(right)]``; AudioLDM 2's output is mono, where the two
-agree.
+2, default 2): ``audio_of`` peak-normalises the decoded clip at its own rate in float64 and
+resamples it with soxr HQ to 44.1 kHz (steps 1 and 2, in that order: the order changes the
+embeddings by up to 3e-4, because the float32 front end is not exactly gain-invariant);
+``embed_audio`` takes those samples, resamples them to 48 kHz with resampy's ``kaiser_best``
+algorithm written out in numpy (``resample_kaiser_best``; the filter is recomputed from its
+published parameters and equals resampy's table to 2e-16, the output equals resampy's to 5e-16),
+frames them as in step 3, and runs the network. Stereo files reach the harness already
+down-mixed, so for them ``channels=2`` gives ``[e(mean), e(mean)]`` where stable-audio-metrics
+gives ``[e(left), e(right)]``; AudioLDM 2's output is mono, where the two agree.
 
 The network is torchopenl3's ``PytorchOpenl3`` (mel256, 512-d; a port of the Keras model with
 kapre 0.1.4's front end): parameter and buffer names equal those of its published files
-``torchopenl3_mel256_{env,music}_512.pth.tar``, which load with strict key checking. Front end:
-a 2048-point periodic-Hann STFT every 242 samples of the 48 000-sample frame with keras "same"
-padding (982 zeros each side; 199 frames), power spectrum, the 256-band mel matrix the file
-carries (``speclayer.mel_basis``; built here as librosa's ``mel(sr=48000, n_fft=2048, n_mels=256,
-htk=True, norm=1)`` for the tiny model), square root, ``10 log10(max(x, 1e-10))`` minus the
-frame's maximum, floored at -80 dB. The STFT is computed with an FFT instead of the file's DFT
-kernels, which are checked against ours on loading. Then seven 3x3 conv + batch-norm + ReLU
-layers with three 2x2 max-pools, a 3x3 ``audio_embedding_layer`` conv and a max-pool over the
-whole (32, 24) map: 512 values per frame. Eval mode.
+``torchopenl3_mel256_{env,music}_512.pth.tar``, which load with strict key checking. Front end,
+with torchopenl3's float32 operations (so the output is bit-identical to it on the same input):
+keras "same" padding of the 48 000-sample frame (982 zeros each side), the file's windowed DFT
+kernels (2048-point periodic Hann) as a conv1d with stride 242 (199 frames), power, the file's
+256-band mel matrix (``speclayer.mel_basis``; built here as librosa's ``mel(sr=48000,
+n_fft=2048, n_mels=256, htk=True, norm=1)`` for the tiny model), square root,
+``10 log10(max(x, 1e-10))`` minus the frame's maximum, floored at -80 dB. Then seven 3x3 conv +
+batch-norm + ReLU layers with three 2x2 max-pools, a 3x3 ``audio_embedding_layer`` conv and a
+max-pool over the whole (32, 24) map: 512 values per frame. Eval mode.
 
 ``tiny-openl3`` is the same network with narrow random layers (seeded), for tests.
 """
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 from harness.checkpoints._cache import default_cache_dir
 from harness.score.embed._torch import TorchEmbedder
-from harness.score.embed.audio import RESAMPLER, peak_normalize
+from harness.score.embed.audio import RESAMPLER, Clip, peak_normalize
 from harness.score.embed.registry import EmbedderError, register
 
 __all__ = ["OpenL3Embedder", "TinyOpenL3Embedder", "build_openl3", "openl3_frames", "openl3_mel_basis",
@@ -182,26 +182,28 @@ def build_openl3(widths: Sequence[int] = FULL_WIDTHS) -> "torch.nn.Module":
     f = FRONT_END
 
     class MelSpec(nn.Module):
-        """kapre 0.1.4's Melspectrogram as torchopenl3 ports it, with an FFT for its DFT kernels."""
+        """kapre 0.1.4's Melspectrogram exactly as torchopenl3 computes it (float32 DFT by conv1d)."""
 
         def __init__(self) -> None:
             super().__init__()
-            # torchopenl3's files also hold its DFT kernels (speclayer.dft_real_kernels and
-            # speclayer.dft_imag_kernels): checked against _dft_kernels on loading, then unused.
+            real, imag = _dft_kernels(f["n_dft"])
+            self.register_buffer("dft_real_kernels", torch.from_numpy(real))
+            self.register_buffer("dft_imag_kernels", torch.from_numpy(imag))
             self.register_buffer("mel_basis", torch.from_numpy(openl3_mel_basis().astype(np.float32)))
-            self.register_buffer("window", torch.hann_window(f["n_dft"], periodic=True), persistent=False)
 
         def forward(self, frames):
             """(batch, 48000) -> (batch, 1, 256, 199) in dB below the frame's maximum."""
             rem = TARGET_SR % f["n_hop"]  # keras "same" padding for a 48000-sample input
             total = max(f["n_dft"] - (rem or f["n_hop"]), 0)
-            # float64 here: bins near the -80 dB floor would otherwise carry float32 FFT noise
-            x = F.pad(frames.double(), (total // 2, total - total // 2))
-            spec = torch.stft(x, f["n_dft"], f["n_hop"], window=self.window.double(), center=False, return_complex=True)
-            mel = torch.sqrt(self.mel_basis.double() @ (spec.real ** 2 + spec.imag ** 2))  # power_melgram = 1.0
-            db = 10.0 * torch.log10(torch.clamp(mel, min=f["amin"]))
-            db = db - db.amax(dim=(1, 2), keepdim=True)
-            return torch.clamp(db, min=-f["dynamic_range_db"])[:, None].to(frames.dtype)
+            x = F.pad(frames[:, None], (total // 2, total - total // 2))
+            # the same float32 operations as torchopenl3 (an FFT in float64 differs from them by
+            # up to 1e-4 in the embeddings: float32 round-off in the quiet bins)
+            power = (F.conv1d(x, self.dft_real_kernels, stride=f["n_hop"]) ** 2
+                     + F.conv1d(x, self.dft_imag_kernels, stride=f["n_hop"]) ** 2)
+            mel = torch.sqrt(torch.matmul(self.mel_basis, power))  # power_melgram = 1.0
+            db = 10 * torch.log(torch.clamp(mel, min=f["amin"])) / np.log(10).astype(np.float32)
+            db = db - torch.amax(db, dim=(1, 2), keepdim=True)
+            return torch.clamp(db, min=-f["dynamic_range_db"])[:, None]
 
     class PytorchOpenl3(nn.Module):
         def __init__(self) -> None:
@@ -252,17 +254,22 @@ class _OpenL3Base(TorchEmbedder):
 
     def preprocessing(self) -> dict[str, Any]:
         return {**FRONT_END, "content_type": self.content_type, "channels": self.channels,
-                "peak_normalize": "to -1 dBFS at 44.1 kHz (silence left as is)", "to_48k": "resampy kaiser_best (numpy)",
-                "spectrum": "fft, periodic hann, keras same padding", "embedding": "max over audio_embedding_layer map",
+                "peak_normalize": "to -1 dBFS at the file's rate, then soxr (silence left as is)",
+                "to_48k": "resampy kaiser_best (numpy)", "spectrum": "float32 DFT conv1d, periodic hann, keras same",
+                "embedding": "max over audio_embedding_layer map",
                 "mono": "mean of channels", "stereo": "[e, e] (mono input faked to stereo)" if self.channels == 2 else "none",
                 "pooling": self.pooling, "resampler": RESAMPLER}
 
+    def audio_of(self, clip: Clip) -> np.ndarray:
+        """Step 1 before step 2, as the reference: peak-normalised at the file's rate, then soxr to 44.1 kHz."""
+        return clip.peak_normalized_at_rate(self.sample_rate, FRONT_END["peak_dbfs"])
+
     def frames(self, clip: np.ndarray) -> np.ndarray:
-        """(n_frames, 48000) network inputs of one clip at 44.1 kHz (steps 1 to 3 of the module docstring)."""
-        samples = peak_normalize(np.asarray(clip, dtype=np.float64).reshape(-1), FRONT_END["peak_dbfs"])
-        return openl3_frames(resample_kaiser_best(samples, self.sample_rate, TARGET_SR), self.hop_s)
+        """(n_frames, 48000) network inputs of one clip from ``audio_of`` (step 3 of the module docstring)."""
+        return openl3_frames(resample_kaiser_best(clip, self.sample_rate, TARGET_SR), self.hop_s)
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Embed clips as ``audio_of`` gives them (peak-normalised at their own rate, then at 44.1 kHz)."""
         import torch
 
         out = []
@@ -301,12 +308,7 @@ class OpenL3Embedder(_OpenL3Base):
         path = Path(weights or default_weights_path(content_type))
         missing = _MISSING.format(path="{path}", url=WEIGHTS_URL.format(file=weights_file(content_type)),
                                   content=content_type)
-        real, imag = _dft_kernels(FRONT_END["n_dft"])
-        import torch
-
-        self._from_file(path, build_openl3, device, missing,
-                        check={"speclayer.dft_real_kernels": torch.from_numpy(real),
-                               "speclayer.dft_imag_kernels": torch.from_numpy(imag)})
+        self._from_file(path, build_openl3, device, missing)
 
 
 @register
