@@ -286,7 +286,39 @@ def compare_passt(out: Path) -> None:
           f"{abs(got - ref['kl']) / abs(ref['kl']):.2e} |")
 
 
-STEPS = {"reference": reference, "compare": compare, "reference-passt": reference_passt, "compare-passt": compare_passt}
+def reference_clap(out: Path) -> None:
+    """clap_score.py's audio input (librosa.load at 48 kHz, peak -1 dBFS, int16 round trip) of every clip."""
+    import librosa
+    import pyloudnorm as pyln
+
+    arrays = {}
+    for file in sorted(out.glob("*/*.wav")):
+        audio, _ = librosa.load(file, sr=48000, mono=True)
+        audio = pyln.normalize.peak(audio, -1.0).reshape(1, -1)
+        arrays[f"{file.parent.name}/{file.name}"] = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16) / 32767.0
+    np.savez(out / "clap_inputs.npz", **arrays)
+    print(f"clap inputs of {len(arrays)} clips written to {out}")
+
+
+def compare_clap(out: Path) -> None:
+    """The harness's CLAP input with peak_dbfs=-1 (the clap embedder's steps before the log-mel)."""
+    from harness.score.embed.audio import Clip, peak_normalize
+    from harness.score.embed.clap import int16_round_trip
+
+    loaded = np.load(out / "clap_inputs.npz")
+    worst, codes = 0.0, 0
+    for name in loaded.files:
+        clip = Clip.from_file(out / name).at_rate_librosa(48000)
+        ours = int16_round_trip(peak_normalize(np.asarray(clip, dtype=np.float32), -1.0))
+        theirs = loaded[name][0]
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+        codes += int(np.count_nonzero(np.round(ours * 32767.0) != np.round(theirs * 32767.0)))
+    print(f"| CLAP input (48 kHz, peak -1 dBFS, int16) | {len(loaded.files)} clips | int16 codes differing: {codes} | "
+          f"max abs diff {worst:.3g} (float32 storage of the same codes) |")
+
+
+STEPS = {"reference": reference, "compare": compare, "reference-passt": reference_passt, "compare-passt": compare_passt,
+         "reference-clap": reference_clap, "compare-clap": compare_clap}
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in STEPS:

@@ -101,3 +101,16 @@ def test_loads_the_published_layout_and_names_a_missing_file(tmp_path, monkeypat
         get_embedder("passt")
     message = str(err.value)
     assert "passt-s-f128-p16-s10-ap.476-swa.pt" in message and "wget" in message and "\n" not in message
+
+
+def test_inputs_have_librosa_load_lengths():
+    # librosa.load(sr=...) pads soxr's output to ceil(n * (sr_new / sr)) computed in float64
+    from harness.score.embed.audio import Clip
+
+    clip = Clip(np.zeros(5 * 44100, np.float32), 44100)
+    assert 5 * 44100 * (48000 / 44100) > 240000 and clip.at_rate(48000).size == 240000
+    assert clip.at_rate_librosa(48000).size == 240001
+    embedder = get_embedder("tiny-passt")
+    assert embedder.audio_of(Clip(np.ones(16000, np.float32), 16000)).size == 32000
+    assert get_embedder("tiny-clap", peak_dbfs=-1.0).audio_of(clip).size == 240001
+    assert get_embedder("tiny-clap").audio_of(clip).size == 240000  # laion mode unchanged

@@ -70,6 +70,16 @@ class Clip:
             self._resampled[rate] = np.ascontiguousarray(out, dtype=np.float32)
         return self._resampled[rate]
 
+    def at_rate_librosa(self, rate: int) -> np.ndarray:
+        """``at_rate`` with the length ``librosa.load(sr=rate)`` gives: ``ceil(n * (rate / sr))`` in
+        float64, zero-padded or cut (``librosa.util.fix_length``); one sample longer than soxr's
+        output when the product rounds up (e.g. 5 s at 44.1 kHz to 48 kHz gives 240001)."""
+        out = self.at_rate(rate)
+        if rate == self.sample_rate:
+            return out
+        n = int(np.ceil(self.samples.size * (float(rate) / self.sample_rate)))
+        return out[:n] if out.size >= n else np.pad(out, (0, n - out.size))
+
     def peak_normalized_at_rate(self, rate: int, target_dbfs: float) -> np.ndarray:
         """Peak-normalised at the clip's own rate (float64), then soxr to ``rate``: stable-audio-metrics'
         OpenL3 input order (``pyln.normalize.peak`` before ``soxr.resample``). Not cached."""

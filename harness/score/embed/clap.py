@@ -243,7 +243,7 @@ class LaionClap(ClapBase):
         long_clips = (f"fusion: whole log-mel resized to {self.chunk_frames} frames (bilinear, antialias="
                       f"{self.resize_antialias}) + 3 chunks from the thirds of the starts, is_longer=True"
                       if self.fusion else "rand_trunc: one 10 s crop")
-        peak = {} if self.peak_dbfs is None else {"peak_normalize_dbfs": self.peak_dbfs}
+        peak = {} if self.peak_dbfs is None else {"peak_normalize_dbfs": self.peak_dbfs, "length": "librosa.load"}
         return {
             **self._front_end(),
             **peak,
@@ -257,6 +257,11 @@ class LaionClap(ClapBase):
             "text": {"max_tokens": TEXT_MAX_TOKENS, "padding": "max_length", "truncation": True},
             "embedding": "L2-normalised projection, one per clip",
         }
+
+    def audio_of(self, clip: Any) -> np.ndarray:
+        """laion mode: the clip at 48 kHz; stable-audio-metrics mode (``peak_dbfs`` set): at the length
+        ``librosa.load(sr=48000)`` gives, as its clap_score.py loads it."""
+        return clip.at_rate(self.sample_rate) if self.peak_dbfs is None else clip.at_rate_librosa(self.sample_rate)
 
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """(frames, mels) log-mel as ``ClapFeatureExtractor`` computes it for this model's mode."""

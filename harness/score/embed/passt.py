@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 from harness.checkpoints._cache import default_cache_dir
 from harness.score.embed._torch import TorchEmbedder
-from harness.score.embed.audio import RESAMPLER, peak_normalize
+from harness.score.embed.audio import RESAMPLER, Clip, peak_normalize
 from harness.score.embed.registry import EmbedderError, register
 
 __all__ = ["PasstEmbedder", "TinyPasstEmbedder", "build_passt", "kaldi_mel_banks", "passt_log_mel", "passt_windows"]
@@ -212,8 +212,12 @@ class _PasstBase(TorchEmbedder):
         """Beside the 768-d features: the AudioSet ``logits`` per window."""
         return {"logits": self.model.head[1].out_features}
 
+    def audio_of(self, clip: Clip) -> np.ndarray:
+        """The clip at 32 kHz with the length ``librosa.load(sr=32000)`` gives (passt_kld.py loads it so)."""
+        return clip.at_rate_librosa(self.sample_rate)
+
     def preprocessing(self) -> dict[str, Any]:
-        return {**FRONT_END, "mel": "kaldi get_mel_banks, +zero Nyquist column", "window": "hann-symmetric 800 in 1024",
+        return {**FRONT_END, "length": "librosa.load", "mel": "kaldi get_mel_banks, +zero Nyquist column", "window": "hann-symmetric 800 in 1024",
                 "windows": "10 s every 5 s, range(0, max(step, n - step), step); padded to 10 s if > 15%",
                 "embedding": "(cls + dist) / 2 after the final norm; logits = head(features)",
                 "mono": "mean of channels", "resampler": RESAMPLER}
