@@ -1,5 +1,6 @@
 """stable-audio-metrics' formulas: FD_openl3 against its scipy ``sqrtm`` statistics on pooled frames,
-KL_passt against torch's ``kl_div`` the way ``src/passt_kld.py`` calls it, and the CLAP embedder's peak normalisation option."""
+KL_passt against torch's ``kl_div`` the way ``src/passt_kld.py`` calls it, and the CLAP embedder's
+peak normalisation option."""
 
 from __future__ import annotations
 

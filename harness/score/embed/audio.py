@@ -83,9 +83,8 @@ class Clip:
     def peak_normalized_at_rate(self, rate: int, target_dbfs: float) -> np.ndarray:
         """Peak-normalised at the clip's own rate (float64), then soxr to ``rate``: stable-audio-metrics'
         OpenL3 input order (``pyln.normalize.peak`` before ``soxr.resample``). Not cached."""
-        x = peak_normalize(self.samples.astype(np.float64), target_dbfs)
-        if rate == self.sample_rate:
-            return x
         import soxr
 
+        x = peak_normalize(self.samples.astype(np.float64), target_dbfs)
+        # soxr runs even at equal rates, as the reference calls it (it is not the identity there: ~1e-8)
         return soxr.resample(x, self.sample_rate, rate, quality=RESAMPLER["quality"])

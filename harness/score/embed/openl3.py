@@ -108,7 +108,8 @@ def resample_kaiser_best(x: np.ndarray, sr_orig: int, sr_new: int) -> np.ndarray
     ratio = float(sr_new) / sr_orig
     n_out = int(x.size * ratio)
     if n_out < 1:
-        raise EmbedderError(f"openl3: a clip of {x.size} samples is too short to resample from {sr_orig} to {sr_new} Hz")
+        raise EmbedderError(f"openl3: a clip of {x.size} samples is too short to resample "
+                            f"from {sr_orig} to {sr_new} Hz")
     win, num_table = _kaiser_best_window()
     if ratio < 1:
         win = win * ratio
@@ -240,7 +241,8 @@ class _OpenL3Base(TorchEmbedder):
 
     def _set_options(self, content_type: str, channels: int) -> None:
         if content_type not in CONTENT_TYPES:
-            raise EmbedderError(f"{self.name}: unknown content_type {content_type!r}; valid: {', '.join(CONTENT_TYPES)}")
+            raise EmbedderError(f"{self.name}: unknown content_type {content_type!r}; "
+                                f"valid: {', '.join(CONTENT_TYPES)}")
         if channels not in (1, 2):
             raise EmbedderError(f"{self.name}: channels must be 1 or 2; got {channels!r}")
         self.content_type, self.channels = content_type, int(channels)
@@ -257,7 +259,8 @@ class _OpenL3Base(TorchEmbedder):
                 "peak_normalize": "to -1 dBFS at the file's rate, then soxr (silence left as is)",
                 "to_48k": "resampy kaiser_best (numpy)", "spectrum": "float32 DFT conv1d, periodic hann, keras same",
                 "embedding": "max over audio_embedding_layer map",
-                "mono": "mean of channels", "stereo": "[e, e] (mono input faked to stereo)" if self.channels == 2 else "none",
+                "mono": "mean of channels",
+                "stereo": "[e, e] (mono input faked to stereo)" if self.channels == 2 else "none",
                 "pooling": self.pooling, "resampler": RESAMPLER}
 
     def audio_of(self, clip: Clip) -> np.ndarray:

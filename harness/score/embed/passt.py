@@ -143,7 +143,8 @@ def build_passt(embed_dim: int = FULL["embed_dim"], depth: int = FULL["depth"], 
     class Mlp(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc1, self.act, self.fc2 = nn.Linear(embed_dim, 4 * embed_dim), nn.GELU(), nn.Linear(4 * embed_dim, embed_dim)
+            self.fc1, self.act = nn.Linear(embed_dim, 4 * embed_dim), nn.GELU()
+            self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
 
         def forward(self, x):
             return self.fc2(self.act(self.fc1(x)))
@@ -217,7 +218,8 @@ class _PasstBase(TorchEmbedder):
         return clip.at_rate_librosa(self.sample_rate)
 
     def preprocessing(self) -> dict[str, Any]:
-        return {**FRONT_END, "length": "librosa.load", "mel": "kaldi get_mel_banks, +zero Nyquist column", "window": "hann-symmetric 800 in 1024",
+        return {**FRONT_END, "length": "librosa.load", "mel": "kaldi get_mel_banks, +zero Nyquist column",
+                "window": "hann-symmetric 800 in 1024",
                 "windows": "10 s every 5 s, range(0, max(step, n - step), step); padded to 10 s if > 15%",
                 "embedding": "(cls + dist) / 2 after the final norm; logits = head(features)",
                 "mono": "mean of channels", "resampler": RESAMPLER}

@@ -98,7 +98,8 @@ def kl_passt_divergences(generated: Sequence[np.ndarray], reference: Sequence[np
                          collect: str = "mean") -> np.ndarray:
     """Per pair i: KL(p_gen_i || p_ref_i) = sum_c p_gen (log p_gen - log(p_ref + 1e-6)), as passt_kld.py."""
     if len(generated) != len(reference):
-        raise ValueError(f"generated and reference must be paired clip lists; got {len(generated)} and {len(reference)}")
+        raise ValueError("generated and reference must be paired clip lists; "
+                         f"got {len(generated)} and {len(reference)}")
     out = np.empty(len(generated))
     for i, (g, r) in enumerate(zip(generated, reference)):
         p, q = passt_probabilities(g, collect), passt_probabilities(r, collect)
