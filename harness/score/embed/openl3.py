@@ -22,7 +22,7 @@ Here (option ``content_type``: ``env`` for AudioCaps, ``music`` for MusicCaps; `
 resamples it with soxr HQ to 44.1 kHz (steps 1 and 2, in that order: the order changes the
 embeddings by up to 3e-4, because the float32 front end is not exactly gain-invariant);
 ``embed_audio`` takes those samples, resamples them to 48 kHz with resampy's ``kaiser_best``
-algorithm written out in numpy (``resample_kaiser_best``; the filter is recomputed from its
+algorithm written out in torch (float64) (``resample_kaiser_best``; the filter is recomputed from its
 published parameters and equals resampy's table to 2e-16, the output equals resampy's to 5e-16),
 frames them as in step 3, and runs the network. Stereo files reach the harness already
 down-mixed, so for them ``channels=2`` gives ``[e(mean), e(mean)]`` where stable-audio-metrics
@@ -262,7 +262,7 @@ class _OpenL3Base(TorchEmbedder):
     def preprocessing(self) -> dict[str, Any]:
         return {**FRONT_END, "content_type": self.content_type, "channels": self.channels,
                 "peak_normalize": "to -1 dBFS at the file's rate, then soxr (silence left as is)",
-                "to_48k": "resampy kaiser_best (numpy)", "spectrum": "float32 DFT conv1d, periodic hann, keras same",
+                "to_48k": "resampy kaiser_best (torch float64)", "spectrum": "float32 DFT conv1d, periodic hann, keras same",
                 "embedding": "max over audio_embedding_layer map",
                 "mono": "mean of channels",
                 "stereo": "[e, e] (mono input faked to stereo)" if self.channels == 2 else "none",
