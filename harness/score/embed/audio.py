@@ -59,17 +59,6 @@ class Clip:
         """Length in seconds."""
         return self.samples.size / self.sample_rate
 
-    def at_rate(self, rate: int) -> np.ndarray:
-        """The samples at ``rate`` (soxr), computed once per rate."""
-        if rate == self.sample_rate:
-            return self.samples
-        if rate not in self._resampled:
-            import soxr
-
-            out = soxr.resample(self.samples, self.sample_rate, rate, quality=RESAMPLER["quality"])
-            self._resampled[rate] = np.ascontiguousarray(out, dtype=np.float32)
-        return self._resampled[rate]
-
     def at_rate_librosa(self, rate: int) -> np.ndarray:
         """``at_rate`` with the length ``librosa.load(sr=rate)`` gives: ``ceil(n * (rate / sr))`` in
         float64, zero-padded or cut (``librosa.util.fix_length``); one sample longer than soxr's
@@ -88,3 +77,14 @@ class Clip:
         x = peak_normalize(self.samples.astype(np.float64), target_dbfs)
         # soxr runs even at equal rates, as the reference calls it (it is not the identity there: ~1e-8)
         return soxr.resample(x, self.sample_rate, rate, quality=RESAMPLER["quality"])
+
+    def at_rate(self, rate: int) -> np.ndarray:
+        """The samples at ``rate`` (soxr), computed once per rate."""
+        if rate == self.sample_rate:
+            return self.samples
+        if rate not in self._resampled:
+            import soxr
+
+            out = soxr.resample(self.samples, self.sample_rate, rate, quality=RESAMPLER["quality"])
+            self._resampled[rate] = np.ascontiguousarray(out, dtype=np.float32)
+        return self._resampled[rate]

@@ -78,10 +78,6 @@ class Embedder(ABC):
     def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Embed mono float32 clips at ``sample_rate``: one (n_windows, dim) float32 array each."""
 
-    def audio_of(self, clip: Any) -> np.ndarray:
-        """The samples this embedder takes from a decoded ``Clip``: by default the clip at ``sample_rate``."""
-        return clip.at_rate(self.sample_rate)
-
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts: (n, dim) float32. Only for embedders with ``supports_text``."""
         raise EmbedderError(f"embedder {self.name!r} has no text encoder")
@@ -89,6 +85,10 @@ class Embedder(ABC):
     def source(self) -> dict[str, Any]:
         """Where the weights came from (hub id, folder, revision); informative, not in the key."""
         return {}
+
+    def audio_of(self, clip: Any) -> np.ndarray:
+        """The samples this embedder takes from a decoded ``Clip``: by default the clip at ``sample_rate``."""
+        return clip.at_rate(self.sample_rate)
 
     def identity(self) -> dict[str, Any]:
         """Name, code version, weights checksum and preprocessing: what the cache key hashes."""
