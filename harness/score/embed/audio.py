@@ -15,9 +15,23 @@ import numpy as np
 
 from harness.data.audio import content_sha256, read_mono
 
-__all__ = ["RESAMPLER", "Clip", "content_sha256", "read_mono"]
+__all__ = ["RESAMPLER", "Clip", "content_sha256", "peak_normalize", "read_mono"]
 
 RESAMPLER = {"library": "soxr", "quality": "HQ"}
+
+
+def peak_normalize(samples: np.ndarray, target_dbfs: float = -1.0) -> np.ndarray:
+    """``samples`` scaled so the largest absolute sample is ``target_dbfs`` (pyloudnorm's ``normalize.peak``).
+
+    stable-audio-metrics applies ``pyln.normalize.peak(audio, -1.0)`` to every clip before OpenL3,
+    PaSST and CLAP. pyloudnorm divides by the peak unconditionally (a silent clip becomes NaN);
+    here a silent clip is returned unchanged.
+    """
+    x = np.asarray(samples)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    return (np.power(10.0, target_dbfs / 20.0) / peak) * x
 
 
 @dataclass
@@ -44,6 +58,25 @@ class Clip:
     def duration_s(self) -> float:
         """Length in seconds."""
         return self.samples.size / self.sample_rate
+
+    def at_rate_librosa(self, rate: int) -> np.ndarray:
+        """``at_rate`` with the length ``librosa.load(sr=rate)`` gives: ``ceil(n * (rate / sr))`` in
+        float64, zero-padded or cut (``librosa.util.fix_length``); one sample longer than soxr's
+        output when the product rounds up (e.g. 5 s at 44.1 kHz to 48 kHz gives 240001)."""
+        out = self.at_rate(rate)
+        if rate == self.sample_rate:
+            return out
+        n = int(np.ceil(self.samples.size * (float(rate) / self.sample_rate)))
+        return out[:n] if out.size >= n else np.pad(out, (0, n - out.size))
+
+    def peak_normalized_at_rate(self, rate: int, target_dbfs: float) -> np.ndarray:
+        """Peak-normalised at the clip's own rate (float64), then soxr to ``rate``: stable-audio-metrics'
+        OpenL3 input order (``pyln.normalize.peak`` before ``soxr.resample``). Not cached."""
+        import soxr
+
+        x = peak_normalize(self.samples.astype(np.float64), target_dbfs)
+        # soxr runs even at equal rates, as the reference calls it (it is not the identity there: ~1e-8)
+        return soxr.resample(x, self.sample_rate, rate, quality=RESAMPLER["quality"])
 
     def at_rate(self, rate: int) -> np.ndarray:
         """The samples at ``rate`` (soxr), computed once per rate."""

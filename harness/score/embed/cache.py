@@ -159,7 +159,7 @@ def embed_sources(sources: Sequence[AudioSource], embedders: Sequence[Embedder],
             items = todo[e.name]
             for b in range(0, len(items), e.batch_size):
                 batch = items[b:b + e.batch_size]
-                outs, extras = e.embed_audio_outputs([clip.at_rate(e.sample_rate) for _, clip in batch])
+                outs, extras = e.embed_audio_outputs([e.audio_of(clip) for _, clip in batch])
                 for j, ((i, clip), arr) in enumerate(zip(batch, outs)):
                     arr = np.asarray(arr, dtype=np.float32)
                     result.embeddings[e.name][i] = arr

@@ -47,7 +47,7 @@ import numpy as np
 
 from harness.hub import missing_weights_message
 from harness.score.embed._torch import state_dict_sha256
-from harness.score.embed.audio import RESAMPLER
+from harness.score.embed.audio import RESAMPLER, peak_normalize
 from harness.score.embed.registry import Embedder, EmbedderError, register
 
 __all__ = ["DEFAULT_CLAP_MODEL", "FUSION_SEED", "TEXT_MAX_TOKENS", "ClapBase", "ClapEmbedder", "TinyClapEmbedder",
@@ -230,8 +230,13 @@ class LaionClap(ClapBase):
     window_s = 0.0  # 0: the whole clip is the input (repeat-padded, or fused when longer)
     hop_s = 0.0
 
-    def _laion_setup(self, fusion_seed: int, resize_antialias: bool) -> None:
+    peak_dbfs: float | None = None
+
+    def _laion_setup(self, fusion_seed: int, resize_antialias: bool, peak_dbfs: float | None = None) -> None:
         fe = self.feature_extractor
+        # stable-audio-metrics' clap_score.py peak-normalises each clip (to -1 dBFS) before the
+        # int16 round trip; laion_clap itself does not (None)
+        self.peak_dbfs = None if peak_dbfs is None else float(peak_dbfs)
         self.fusion_seed = int(fusion_seed)
         self.resize_antialias = bool(resize_antialias)
         self.max_samples = int(fe.nb_max_samples)
@@ -245,8 +250,10 @@ class LaionClap(ClapBase):
         long_clips = (f"fusion: whole log-mel resized to {self.chunk_frames} frames (bilinear, antialias="
                       f"{self.resize_antialias}) + 3 chunks from the thirds of the starts, is_longer=True"
                       if self.fusion else "rand_trunc: one 10 s crop")
+        peak = {} if self.peak_dbfs is None else {"peak_normalize_dbfs": self.peak_dbfs, "length": "librosa.load"}
         return {
             **self._front_end(),
+            **peak,
             "mode": f"laion_clap {LAION_CLAP_VERSION}",
             "int16_round_trip": "clip to [-1, 1], x32767, truncate to int16, /32767",
             "short_clips": "repeatpad to max_length_s" + (", mel stacked x4, is_longer=False" if self.fusion else ""),
@@ -257,6 +264,11 @@ class LaionClap(ClapBase):
             "text": {"max_tokens": TEXT_MAX_TOKENS, "padding": "max_length", "truncation": True},
             "embedding": "L2-normalised projection, one per clip",
         }
+
+    def audio_of(self, clip: Any) -> np.ndarray:
+        """laion mode: the clip at 48 kHz; stable-audio-metrics mode (``peak_dbfs`` set): at the length
+        ``librosa.load(sr=48000)`` gives, as its clap_score.py loads it."""
+        return clip.at_rate(self.sample_rate) if self.peak_dbfs is None else clip.at_rate_librosa(self.sample_rate)
 
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """(frames, mels) log-mel as ``ClapFeatureExtractor`` computes it for this model's mode."""
@@ -279,7 +291,10 @@ class LaionClap(ClapBase):
 
     def audio_input(self, clip: np.ndarray) -> tuple[np.ndarray, bool]:
         """One clip's model input (channels, frames, mels) and its ``is_longer`` flag."""
-        samples = int16_round_trip(np.asarray(clip, dtype=np.float32))
+        samples = np.asarray(clip, dtype=np.float32)
+        if self.peak_dbfs is not None:
+            samples = peak_normalize(samples, self.peak_dbfs)
+        samples = int16_round_trip(samples)
         n, limit = samples.shape[0], self.max_samples
         if n > limit and not self.fusion:
             start = int(np.random.RandomState(self.fusion_seed).randint(0, n - limit + 1))
@@ -321,10 +336,11 @@ class ClapEmbedder(LaionClap):
     version = "2"
 
     def __init__(self, model: str = DEFAULT_CLAP_MODEL, revision: str | None = None, device: str = "cpu",
-                 batch_size: int = 8, fusion_seed: int = FUSION_SEED, resize_antialias: bool = True) -> None:
+                 batch_size: int = 8, fusion_seed: int = FUSION_SEED, resize_antialias: bool = True,
+                 peak_dbfs: float | None = None) -> None:
         self.model_id, self.revision = str(model), revision
         self._setup(*load_clap(self.model_id, revision), device, batch_size)
-        self._laion_setup(fusion_seed, resize_antialias)
+        self._laion_setup(fusion_seed, resize_antialias, peak_dbfs)
 
 @register
 class TinyClapEmbedder(LaionClap):
@@ -335,10 +351,10 @@ class TinyClapEmbedder(LaionClap):
     version = "2"
 
     def __init__(self, seed: int = 0, fusion: bool = False, device: str = "cpu", batch_size: int = 8,
-                 fusion_seed: int = FUSION_SEED, resize_antialias: bool = True) -> None:
+                 fusion_seed: int = FUSION_SEED, resize_antialias: bool = True, peak_dbfs: float | None = None) -> None:
         self.seed = seed
         self._setup(*build_tiny_clap(seed, fusion), device, batch_size)
-        self._laion_setup(fusion_seed, resize_antialias)
+        self._laion_setup(fusion_seed, resize_antialias, peak_dbfs)
 
     def source(self) -> dict[str, Any]:
         return {"model": "tiny-clap (built in memory)", "seed": self.seed, "fusion": self.fusion}

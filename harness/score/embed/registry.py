@@ -98,6 +98,10 @@ class Embedder(ABC):
         """Where the weights came from (hub id, folder, revision); informative, not in the key."""
         return {}
 
+    def audio_of(self, clip: Any) -> np.ndarray:
+        """The samples this embedder takes from a decoded ``Clip``: by default the clip at ``sample_rate``."""
+        return clip.at_rate(self.sample_rate)
+
     def identity(self) -> dict[str, Any]:
         """Name, code version, weights checksum and preprocessing: what the cache key hashes."""
         return {
