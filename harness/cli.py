@@ -101,8 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                          "inception_score (default fad,kad,clap_score)")
     sc.add_argument("--pair-by", metavar="RULE", help="pair reference files with prompts: stem, audiocaps:CSV or "
                                                       "manifest:CSV (needed by kl_softmax/kl_sigmoid)")
-    sc.add_argument("--protocol", help="a named metric set instead of --embedder/--metrics, e.g. audioldm-eval "
-                                       "(FD, FAD, KL, IS, CLAP as audioldm_eval computes them)")
+    sc.add_argument("--protocol", help="a named metric set instead of --embedder/--metrics: audioldm-eval "
+                                       "(FD, FAD, KL, IS, CLAP as audioldm_eval computes them), stable-audio-metrics "
+                                       "or stable-audio-metrics-musiccaps (FD_openl3, KL_passt, CLAP)")
     sc.add_argument("--protocol-embedder", action="append", default=[], metavar="NAME=OTHER",
                     help="run a protocol with another embedder in place of NAME, e.g. pann=tiny-pann (smoke "
                          "tests; recorded in every row)")

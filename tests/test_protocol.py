@@ -186,3 +186,35 @@ def test_report_prints_the_protocol_beside_its_figures(protocol_run, tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Protocol audioldm-eval@1: " in md and "KL = kl_softmax:tiny-pann" in md and "FD = fad:tiny-pann" in md
     assert "Inception Score (tiny-pann)" in md and "Protocol audioldm-eval@1" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_stable_audio_metrics_protocol_equals_its_formulas(protocol_run):
+    # The same run and paired folder under stable-audio-metrics' settings: FD_openl3 pools the
+    # OpenL3 frames of all clips, KL_passt is KL(generated || reference) of window-averaged logits.
+    from harness.score.embed.openl3 import TinyOpenL3Embedder
+    from harness.score.embed.passt import TinyPasstEmbedder
+    from harness.score.metrics.stable_audio import fd_openl3, kl_passt
+
+    root, samples, prompts, _ = protocol_run
+    result = score_run(root / "run", str(root / "ref"), protocol="stable-audio-metrics", pair_by="stem",
+                       substitute={"openl3": "tiny-openl3", "passt": "tiny-passt", "clap": "tiny-clap"},
+                       bootstrap=20, cache_dir=root / "cache")
+    rows = {r["details"]["protocol"]["label"]: r for r in result.rows}
+    assert set(rows) == {"FD_openl3", "KL_passt", "CLAP"} and result.protocol == "stable-audio-metrics@1"
+    ref_names = sorted(p.name for p in (root / "ref").iterdir())
+    gen = [Clip.from_file(root / "run" / s["audio_path"]) for s in samples]
+    ref = {n: Clip.from_file(root / "ref" / n) for n in ref_names}
+    openl3 = TinyOpenL3Embedder(content_type="env", channels=2)
+    fd = fd_openl3(openl3.embed_audio([openl3.audio_of(c) for c in gen]),
+                   openl3.embed_audio([openl3.audio_of(c) for c in ref.values()]))
+    assert rows["FD_openl3"]["value"] == pytest.approx(fd.value, rel=1e-6)
+    passt = TinyPasstEmbedder()
+    _, g_extra = passt.embed_audio_outputs([passt.audio_of(c) for c in gen])
+    _, r_extra = passt.embed_audio_outputs([passt.audio_of(c) for c in ref.values()])
+    ref_logits = dict(zip(ref_names, r_extra["logits"]))
+    paired = [(g, ref_logits[f"{s['prompt_id']}.wav"]) for g, s in zip(g_extra["logits"], samples)
+              if s["prompt_id"] != prompts[0]]
+    assert rows["KL_passt"]["value"] == pytest.approx(kl_passt([g for g, _ in paired], [r for _, r in paired]),
+                                                      rel=1e-6)
+    assert rows["KL_passt"]["details"]["direction"] == "KL(generated || reference)"
+    assert rows["KL_passt"]["n"] == len(paired)

@@ -115,3 +115,28 @@ def kl_passt(generated: Sequence[np.ndarray], reference: Sequence[np.ndarray], c
     if len(generated) == 0:
         raise ValueError("no pairs to compare")
     return float(kl_passt_divergences(generated, reference, collect).mean())
+
+
+# --- the registered metric (harness.score.metrics.registry) -----------------------------------
+from harness.score.metrics.kl import _PairedKL  # noqa: E402
+from harness.score.metrics.registry import MetricData, register  # noqa: E402
+
+
+@register
+class KLPasstMetric(_PairedKL):
+    """stable-audio-metrics' KL_passt: PaSST window logits averaged per clip, softmax, paired."""
+
+    name = "kl_passt"
+    description = "KL(generated || reference) of PaSST class probabilities per pair, mean over pairs"
+    formula = ("mean_i sum_c p_c (log p_c - log(q_c + 1e-6)), p = softmax(mean_w gen_i,w), "
+               "q = softmax(mean_w ref_i,w)")
+    collect = "mean"
+
+    def per_sample(self, data: MetricData) -> np.ndarray:
+        # One (windows, classes) array per clip: clips are not flattened to one row as _PairedKL does.
+        ref = data.pair if data.pair is not None else list(range(data.n))
+        return kl_passt_divergences(data.x[self.output], [data.y[self.output][j] for j in ref], self.collect)
+
+    def details(self, scores, data: MetricData) -> dict:
+        return {**super().details(scores, data), "direction": "KL(generated || reference)",
+                "collect": self.collect}
