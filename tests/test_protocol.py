@@ -121,7 +121,8 @@ def test_unpaired_reference_and_bad_protocols_are_one_line_errors(protocol_run, 
         score_run(root / "run", str(root / "ref"), "mel", metrics="kl_softmax", pair_by="stem", cache_dir=root / "cache")
     code = main(["score", str(root / "run"), "--reference", str(root / "ref"), "--protocol", "audioldm-eval2"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.endswith("unknown protocol 'audioldm-eval2'; valid: audioldm-eval")
+    assert code == 2 and err.endswith("unknown protocol 'audioldm-eval2'; valid: audioldm-eval, "
+                                      "stable-audio-metrics, stable-audio-metrics-musiccaps")
     code = main(["score", str(root / "run"), "--reference", str(root / "ref"), "--protocol", "audioldm-eval",
                  "--pair-by", "stem", "--cache-dir", str(root / "cache"), "--bootstrap", "20", "--no-progress",
                  *[a for k, v in TINY.items() for a in ("--protocol-embedder", f"{k}={v}")]])

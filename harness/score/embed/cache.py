@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,61 +119,130 @@ class EmbedResult:
 
 
 def embed_sources(sources: Sequence[AudioSource], embedders: Sequence[Embedder],
-                  cache: EmbeddingCache | None, *, chunk: int = 64,
+                  cache: EmbeddingCache | None, *, chunk: int = 64, workers: int = 2,
                   progress: Callable[[int], None] | None = None) -> EmbedResult:
     """Embed every source with every embedder, using and filling ``cache`` (None: no cache).
 
-    Sources are processed ``chunk`` at a time (bounding memory): each is decoded once if any
-    embedder misses it, resampled once per needed rate, and the misses are embedded in batches.
-    A source whose decoding fails, or whose content no longer matches its known ``key``, gets an
-    entry in ``errors`` and None embeddings; the others are unaffected.
+    Sources are processed ``chunk`` at a time (bounding memory). While the embedders run on one
+    chunk, ``workers`` threads decode and resample the next (decoding, hashing and soxr release
+    the GIL), and one more thread writes the cache, so the model rarely waits for the disk
+    (``workers=0``: everything inline, in order). Each source is decoded once if any embedder
+    misses it, resampled once per needed rate, and the misses are embedded in batches. A source
+    whose decoding fails, or whose content no longer matches its known ``key``, gets an entry in
+    ``errors`` and None embeddings; the others are unaffected.
     """
     n = len(sources)
     result = EmbedResult({e.name: [None] * n for e in embedders}, [s.key for s in sources], {},
                          outputs={e.name: {o: [None] * n for o in e.output_dims()} for e in embedders})
-    for start in range(0, n, chunk):
-        todo: dict[str, list[tuple[int, Clip]]] = {e.name: [] for e in embedders}
-        for i in range(start, min(start + chunk, n)):
-            src = sources[i]
-            missing = list(embedders)
-            if src.key is not None and cache is not None:
-                missing = _lookup(cache, missing, src.key, i, result)
-            if not missing:
-                continue
-            try:
-                clip = src.load()
-            except Exception as err:  # noqa: BLE001 - reported per source, never dropped silently
-                result.errors[i] = f"cannot decode {src.label}: {type(err).__name__}: {err}"
-                continue
-            if src.key is not None and clip.sha256 != src.key:
-                result.errors[i] = f"{src.label} changed since it was listed (content hash differs)"
-                continue
-            if clip.samples.size == 0 or not np.isfinite(clip.samples).all():
-                result.errors[i] = f"{src.label} is empty or has non-finite samples"
-                continue
-            result.keys[i] = clip.sha256
-            if src.key is None and cache is not None:
-                missing = _lookup(cache, missing, clip.sha256, i, result)
-            for e in missing:
-                todo[e.name].append((i, clip))
-        for e in embedders:
-            items = todo[e.name]
-            for b in range(0, len(items), e.batch_size):
-                batch = items[b:b + e.batch_size]
-                outs, extras = e.embed_audio_outputs([e.audio_of(clip) for _, clip in batch])
-                for j, ((i, clip), arr) in enumerate(zip(batch, outs)):
-                    arr = np.asarray(arr, dtype=np.float32)
-                    result.embeddings[e.name][i] = arr
-                    result.computed[e.name] += 1
-                    for output, arrays in extras.items():
-                        result.outputs[e.name][output][i] = np.asarray(arrays[j], dtype=np.float32)
-                    if cache is not None:
-                        cache.put(e, clip.sha256, arr)
-                        for output, arrays in extras.items():
-                            cache.put(e, clip.sha256, arrays[j], kind=output)
-        if progress is not None:
-            progress(min(start + chunk, n) - start)
+    chunks = [range(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
+    writer = ThreadPoolExecutor(1, thread_name_prefix="cache-writer") if workers > 0 else None
+    writes: list[Future] = []
+    try:
+        ahead = _Decoding(sources, embedders, cache, result, pool)
+        if chunks:
+            ahead.start(chunks[0])
+        for k, part in enumerate(chunks):
+            todo = ahead.finish()
+            if k + 1 < len(chunks):
+                ahead.start(chunks[k + 1])  # the next chunk decodes while this one embeds
+            write = (lambda puts: writes.append(writer.submit(_write_cache, cache, puts))) if writer \
+                else (lambda puts: _write_cache(cache, puts))
+            _embed_chunk(todo, embedders, result, write)
+            if progress is not None:
+                progress(len(part))
+        for future in writes:
+            future.result()  # a failed cache write is an error here, not lost
+    finally:
+        for executor in (pool, writer):
+            if executor is not None:
+                executor.shutdown(wait=True)
     return result
+
+
+class _Decoding:
+    """One chunk in flight: cache look-ups on the calling thread, decoding and resampling on ``pool``."""
+
+    def __init__(self, sources: Sequence[AudioSource], embedders: Sequence[Embedder],
+                 cache: EmbeddingCache | None, result: EmbedResult, pool: ThreadPoolExecutor | None) -> None:
+        self.sources, self.embedders, self.cache, self.result, self.pool = sources, embedders, cache, result, pool
+        self.wanted: list[tuple[int, list[Embedder]]] = []
+        self.pending: list = []
+
+    def start(self, part: range) -> None:
+        """Look the chunk up in the cache and start decoding what misses."""
+        self.wanted = []
+        for i in part:
+            missing = list(self.embedders)
+            if self.sources[i].key is not None and self.cache is not None:
+                missing = _lookup(self.cache, missing, self.sources[i].key, i, self.result)
+            if missing:
+                self.wanted.append((i, missing))
+        run = self.pool.submit if self.pool is not None else _now
+        self.pending = [run(self._decode, i, missing) for i, missing in self.wanted]
+
+    def finish(self) -> dict[str, list[tuple[int, str, np.ndarray]]]:
+        """(index, content hash, embedder input) per embedder and miss, in source order."""
+        todo: dict[str, list[tuple[int, str, np.ndarray]]] = {e.name: [] for e in self.embedders}
+        for (i, missing), pending in zip(self.wanted, self.pending):
+            key, audio = pending.result()
+            if key is None:
+                self.result.errors[i] = audio
+                continue
+            self.result.keys[i] = key
+            if self.sources[i].key is None and self.cache is not None:  # known only now: look it up
+                missing = _lookup(self.cache, missing, key, i, self.result)
+            for e in missing:
+                todo[e.name].append((i, key, audio[e.name]))
+        return todo
+
+    def _decode(self, i: int, missing: list[Embedder]) -> tuple[str | None, dict[str, np.ndarray] | str]:
+        src = self.sources[i]
+        try:
+            clip = src.load()
+        except Exception as err:  # noqa: BLE001 - reported per source, never dropped silently
+            return None, f"cannot decode {src.label}: {type(err).__name__}: {err}"
+        if src.key is not None and clip.sha256 != src.key:
+            return None, f"{src.label} changed since it was listed (content hash differs)"
+        if clip.samples.size == 0 or not np.isfinite(clip.samples).all():
+            return None, f"{src.label} is empty or has non-finite samples"
+        return clip.sha256, {e.name: e.audio_of(clip) for e in missing}
+
+
+class _now:
+    """A finished call with Future's ``result()``: the inline path of ``_Decoding``."""
+
+    def __init__(self, fn: Callable, *args) -> None:
+        self._value = fn(*args)
+
+    def result(self):
+        return self._value
+
+
+def _embed_chunk(todo: dict[str, list[tuple[int, str, np.ndarray]]], embedders: Sequence[Embedder],
+                 result: EmbedResult, write: Callable[[list], None]) -> None:
+    """Run each embedder over its misses in batches; hand the new entries to ``write``."""
+    for e in embedders:
+        items = todo[e.name]
+        for b in range(0, len(items), e.batch_size):
+            batch = items[b:b + e.batch_size]
+            outs, extras = e.embed_audio_outputs([audio for _, _, audio in batch])
+            puts = []
+            for j, ((i, key, _), arr) in enumerate(zip(batch, outs)):
+                arr = np.asarray(arr, dtype=np.float32)
+                result.embeddings[e.name][i] = arr
+                result.computed[e.name] += 1
+                puts.append((e, key, arr, "audio"))
+                for output, arrays in extras.items():
+                    result.outputs[e.name][output][i] = np.asarray(arrays[j], dtype=np.float32)
+                    puts.append((e, key, arrays[j], output))
+            write(puts)
+
+
+def _write_cache(cache: EmbeddingCache | None, puts: list) -> None:
+    if cache is not None:
+        for embedder, key, value, kind in puts:
+            cache.put(embedder, key, value, kind=kind)
 
 
 def _lookup(cache: EmbeddingCache, embedders: list[Embedder], key: str, i: int,
