@@ -345,8 +345,15 @@ def _add_gate_parsers(sub) -> None:
     ab.add_argument("baseline_config", metavar="BASELINE.toml", help="sweep file of the baseline configuration")
     ab.add_argument("candidate_config", metavar="CANDIDATE.toml", help="sweep file of the candidate (same cell count)")
     ab.add_argument("--policy", required=True, help="policy TOML (latency_ms:* rules apply to the paired ratios)")
-    ab.add_argument("--rounds", type=int, default=10, help="alternating rounds (each times A once and B once)")
-    ab.add_argument("--warmup", type=int, default=1, help="untimed calls per side first")
+    ab.add_argument("--rounds", type=int, default=10,
+                    help="alternating rounds before the first look (each times A once and B once; default 10)")
+    ab.add_argument("--max-rounds", type=int,
+                    help="round budget: add rounds until every figure is decided or this many are done "
+                         "(sequential test with alpha spending; default: --rounds, one look)")
+    ab.add_argument("--look-every", type=int, help="rounds added between looks (default: --rounds)")
+    ab.add_argument("--spending", choices=["pocock", "obrien-fleming"], default="pocock",
+                    help="alpha-spending function of the sequential test (default pocock)")
+    ab.add_argument("--warmup", type=int, default=1, help="untimed calls per side first (default 1)")
     ab.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_gate_outputs(ab)
     ab.set_defaults(func=_cmd_gate_ab)
@@ -366,14 +373,17 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate_ab(args: argparse.Namespace) -> int:
-    from harness.measure.ab import ab_session
-    from harness.gate.compare import compare
     from harness.gate.policy import load_policy
+    from harness.gate.sequential import looks, sequential_compare
+    from harness.measure.ab import ABSession
 
     policy = load_policy(args.policy)  # read first: a bad policy fails before minutes of timing
-    base, cand = ab_session(args.baseline_config, args.candidate_config, args.rounds, args.warmup,
-                            progress=not args.no_progress)
-    return _gate_outputs(compare(base, cand, policy, args.allow_env_mismatch), args)
+    max_rounds = args.max_rounds or args.rounds
+    looks(args.rounds, max_rounds, args.look_every)  # a bad schedule fails before timing too
+    session = ABSession(args.baseline_config, args.candidate_config, args.warmup, progress=not args.no_progress)
+    result = sequential_compare(session.add_rounds, policy, args.rounds, max_rounds, args.look_every,
+                                args.spending, args.allow_env_mismatch)
+    return _gate_outputs(result, args)
 
 
 def _gate_outputs(result, args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ TORCH_FREE = [
     "harness.score.metrics", "harness.score.embed.registry", "harness.score.scoring", "harness.score.compare",
     "harness.results", "harness.report.plots", "harness.report.build",
     "harness.gate", "harness.gate.policy", "harness.gate.summary", "harness.gate.compare",
-    "harness.gate.output", "harness.cli",
+    "harness.gate.output", "harness.gate.sequential", "harness.cli",
 ]
 
 _PROBE = """
