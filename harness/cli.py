@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="samples per pipeline call (outputs do not depend on it)")
     run.add_argument("--no-conditioning-cache", action="store_true", help="re-encode prompts for every batch")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads(run)
     run.add_argument("--shard", metavar="I/N",
                      help="do only shard I of N (1-based, e.g. 2/4): a deterministic, cost-balanced part of "
                           "the sweep; default run folder runs/<sweep name>/shard-I-of-N (join them with merge)")
@@ -47,10 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure per-stage latency and memory of every cell")
     bench.add_argument("config", help="sweep TOML file (its [latency] table sets the protocol)")
     bench.add_argument("--run-dir", help="run folder (default: runs/<sweep name>)")
-    bench.add_argument("--warmup", type=int, help="warm-up calls, excluded (>= 1)")
-    bench.add_argument("--repeats", type=int, help="timed calls per cell (>= 2)")
+    bench.add_argument("--warmup", type=int, help="warm-up calls, excluded (>= 1; default: [latency].warmup, 1)")
+    bench.add_argument("--repeats", type=int, help="timed calls per cell (>= 2; default: [latency].repeats, 5)")
     bench.add_argument("--no-memory", action="store_true", help="skip the separate memory pass")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads(bench)
     bench.set_defaults(func=_cmd_bench)
 
     gv = sub.add_parser("gpu-validate", help="stage table of the full-size base architecture on a GPU")
@@ -127,12 +129,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_threads(parser) -> None:
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: the sweep's threads, else torch's default of one per "
+                             "core); set 1 on a shared or loaded machine; recorded in the run's environment")
+
+
+def _check_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.generate.run import run_sweep
     from harness.generate.run_table import print_summary
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_threads(args)
     shard = None
     if args.shard is not None:
         from harness.plan.shard import parse_shard
@@ -151,7 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_sweep(args.config, args.run_dir, retry_failed=args.retry_failed,
                        batch_size=args.batch_size, conditioning_cache=not args.no_conditioning_cache,
                        progress=not args.no_progress, shard=shard, executor=args.executor,
-                       executor_options=options)
+                       executor_options=options, threads=args.threads)
     print_summary(result)
     if result.shard_note:
         print(result.shard_note)
@@ -180,7 +194,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--warmup must be >= 1 (the first call is always a warm-up), got {args.warmup}")
     if args.repeats is not None and args.repeats < 2:
         raise ValueError(f"--repeats must be >= 2, got {args.repeats}")
-    result = bench_sweep(args.config, args.run_dir, progress=not args.no_progress, warmup=args.warmup,
+    _check_threads(args)
+    result = bench_sweep(args.config, args.run_dir, progress=not args.no_progress, threads=args.threads,
+                         warmup=args.warmup,
                          repeats=args.repeats, memory=False if args.no_memory else None)
     print_bench(result)
     return EXIT_FAILURES if result.cell_errors else EXIT_OK
@@ -355,6 +371,7 @@ def _add_gate_parsers(sub) -> None:
                     help="alpha-spending function of the sequential test (default pocock)")
     ab.add_argument("--warmup", type=int, default=1, help="untimed calls per side first (default 1)")
     ab.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads(ab)
     _add_gate_outputs(ab)
     ab.set_defaults(func=_cmd_gate_ab)
 
@@ -380,7 +397,9 @@ def _cmd_gate_ab(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)  # read first: a bad policy fails before minutes of timing
     max_rounds = args.max_rounds or args.rounds
     looks(args.rounds, max_rounds, args.look_every)  # a bad schedule fails before timing too
-    session = ABSession(args.baseline_config, args.candidate_config, args.warmup, progress=not args.no_progress)
+    _check_threads(args)
+    session = ABSession(args.baseline_config, args.candidate_config, args.warmup, progress=not args.no_progress,
+                        threads=args.threads)
     result = sequential_compare(session.add_rounds, policy, args.rounds, max_rounds, args.look_every,
                                 args.spending, args.allow_env_mismatch)
     return _gate_outputs(result, args)

@@ -117,11 +117,13 @@ class LatencySpec(_Strict):
     warmup: int = Field(default=1, ge=1)
     repeats: int = Field(default=5, ge=2)
     memory: bool = True
-    batch_sizes: list[int] = Field(default=[1], min_length=1)
+    batch_sizes: list[int] | None = Field(default=None, min_length=1)  # None: the sweep's batch_size
 
     @field_validator("batch_sizes")
     @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        if values is None:
+            return None
         return _unique([_positive(v, "latency.batch_sizes", strict=True) for v in values], "latency.batch_sizes")
 
 
@@ -159,6 +161,8 @@ class SweepSpec(_Strict):
     vae_tiling: list[bool] = Field(default=[False], min_length=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     batch_size: int = Field(default=1, gt=0)
+    # torch's CPU threads (None: torch's default, one per core); not part of cell ids.
+    threads: int | None = Field(default=None, gt=0)
     allow_unsafe_schedulers: bool = False
 
     @field_validator("checkpoints", "schedulers", mode="before")

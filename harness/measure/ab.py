@@ -53,8 +53,8 @@ class _Side:
         return call
 
 
-def _side(config: str | Path) -> _Side:
-    spec, cells, prompts = prepare(config)
+def _side(config: str | Path, threads: int | None = None) -> _Side:
+    spec, cells, prompts = prepare(config, threads)
     chosen = [prompts_for(c.checkpoint, prompts, spec.prompts.limit)[0] for c in cells]
     return _Side(Path(config), cells, chosen, spec.allow_unsafe_schedulers, PipelineCache())
 
@@ -64,8 +64,9 @@ class ABSession:
     every pair of cells and returns the summaries of all rounds so far (for sequential gating)."""
 
     def __init__(self, baseline_config: str | Path, candidate_config: str | Path, warmup: int = 1,
-                 progress: bool = True) -> None:
-        self.a, self.b = _side(baseline_config), _side(candidate_config)
+                 progress: bool = True, threads: int | None = None) -> None:
+        # Both sides run in this one process: the baseline's threads setting (or --threads) holds.
+        self.a, self.b = _side(baseline_config, threads), _side(candidate_config, threads)
         if len(self.a.cells) != len(self.b.cells):
             raise ConfigError(f"{self.a.config} has {len(self.a.cells)} cells and {self.b.config} has "
                               f"{len(self.b.cells)}; an A/B session pairs them in order, so both sweeps must "
