@@ -85,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--limit", type=int, default=20)
     pr.set_defaults(func=_cmd_prompts)
 
+    ref = sub.add_parser("reference", help="reference audio sets for score and compare")
+    ref_sub = ref.add_subparsers(dest="action", required=True)
+    synth = ref_sub.add_parser("synth", help="write a synthetic reference folder (tones, chirps, noise, clicks)")
+    synth.add_argument("folder", metavar="DIR", help="folder to write <kind>_<i>.wav files into (created if needed)")
+    synth.add_argument("--n", type=int, default=32, help="number of clips (default 32)")
+    synth.add_argument("--seed", type=int, default=0, help="clip i depends only on (seed, i) (default 0)")
+    synth.add_argument("--duration", type=float, default=1.0, help="seconds per clip (default 1.0)")
+    synth.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000, AudioLDM 2's rate)")
+    synth.set_defaults(func=_cmd_reference_synth)
+
     sc = sub.add_parser("score", help="score a run's audio: FAD, KAD (vs a reference) and CLAP score")
     sc.add_argument("run_dir", metavar="RUN", help="run folder")
     sc.add_argument("--reference", required=True, metavar="DIR|cell:ID",
@@ -118,11 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("cell_b", metavar="CELL_B", help="cell id to compare with (e.g. the DDIM 200-step baseline)")
     cmp.add_argument("--reference", required=True, metavar="DIR|cell:ID", help="reference for FAD/KAD, as in score")
     cmp.add_argument("--embedder", default="mel", help="comma-separated embedders (default mel)")
-    cmp.add_argument("--permutations", type=int, default=999, help="label swaps for the FAD/KAD permutation test")
-    cmp.add_argument("--bootstrap", type=int, default=2000, help="resamples for the paired CLAP bootstrap")
+    cmp.add_argument("--permutations", type=int, default=999,
+                     help="label swaps for the FAD/KAD permutation test (default 999)")
+    cmp.add_argument("--bootstrap", type=int, default=2000, help="resamples for the paired CLAP bootstrap (default 2000)")
     cmp.add_argument("--cache-dir", help="embedding cache folder, as in score")
     _add_weights_options(cmp)
     cmp.add_argument("--device", default="cpu", help="device for model embedders")
+    cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
 
     _add_gate_parsers(sub)
@@ -293,6 +305,19 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_reference_synth(args: argparse.Namespace) -> int:
+    from harness.data.synthetic import write_synthetic_reference
+
+    if args.n < 1 or args.duration <= 0 or args.sample_rate < 1000:
+        raise ValueError(f"--n must be >= 1, --duration > 0 and --sample-rate >= 1000; got {args.n}, "
+                         f"{args.duration}, {args.sample_rate}")
+    paths = write_synthetic_reference(args.folder, args.n, seed=args.seed, sample_rate=args.sample_rate,
+                                      duration_s=args.duration)
+    print(f"wrote {len(paths)} synthetic clips ({args.duration:g} s, {args.sample_rate} Hz) to "
+          f"{Path(args.folder).resolve()}; use it as: score RUN --reference {args.folder}")
+    return EXIT_OK
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from harness.score.scoring import print_scores, score_run
 
@@ -336,7 +361,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
                                    clap_model=args.clap_model, weights=_weights(args), device=args.device,
                                    permutations=args.permutations, bootstrap=args.bootstrap,
-                                   cache_dir=args.cache_dir))
+                                   cache_dir=args.cache_dir, progress=not args.no_progress))
     return EXIT_OK
 
 

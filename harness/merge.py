@@ -279,7 +279,11 @@ def _plan(out: Path, existing: _Folder | None, folders: list[_Folder], allow_env
 
 def _verify_sources(samples_from: list[tuple[_Folder, dict[str, Any]]]) -> None:
     bad = []
-    for folder, row in samples_from:
+    from tqdm.auto import tqdm
+
+    # Hashing and linking thousands of files takes a while: a bar on terminals, for large merges.
+    for folder, row in tqdm(samples_from, desc="merging audio", unit="file", leave=False,
+                            disable=None if len(samples_from) >= 200 else True):
         rel = _safe_relative(row["audio_path"], folder.root)
         path = folder.root / rel
         if not path.is_file():

@@ -86,3 +86,17 @@ def test_synthetic_reference_is_deterministic_and_well_formed(tmp_path):
         assert rate == 16000 and clip.dtype == np.float32 and clip.size == 16000
         assert 0.2 - 1e-6 <= np.abs(clip).max() <= 0.6 + 1e-6
     assert len(ingest_reference_folder(tmp_path / "x").entries) == 8
+
+
+def test_reference_synth_command_writes_the_documented_set(tmp_path, capsys):
+    """`reference synth DIR` writes the same files as write_synthetic_reference, readable as a reference."""
+    from harness.cli import main
+    from harness.data.synthetic import write_synthetic_reference
+
+    assert main(["reference", "synth", str(tmp_path / "cli"), "--n", "6", "--seed", "3", "--duration", "0.5"]) == 0
+    assert "wrote 6 synthetic clips" in capsys.readouterr().out
+    expected = write_synthetic_reference(tmp_path / "api", 6, seed=3, duration_s=0.5)
+    written = sorted((tmp_path / "cli").glob("*.wav"))
+    assert [p.name for p in written] == sorted(p.name for p in expected)
+    assert all(p.read_bytes() == (tmp_path / "api" / p.name).read_bytes() for p in written)
+    assert main(["reference", "synth", str(tmp_path / "bad"), "--n", "0"]) == 2

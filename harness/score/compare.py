@@ -68,7 +68,7 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
                   embedders: str | Sequence[str] = ("mel",), *, clap_model: str | None = None,
                   weights: dict[str, str] | None = None,
                   device: str = "cpu", permutations: int = 999, bootstrap: int = 2000, seed: int = 0,
-                  cache_dir: str | Path | None = None) -> CompareResult:
+                  cache_dir: str | Path | None = None, progress: bool = False) -> CompareResult:
     """Paired tests of cell A against cell B (unique id prefixes accepted); see the module docstring."""
     root = Path(run_dir)
     with read_store(root) as store:
@@ -85,18 +85,25 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
     built = [build_embedder(n, options.get(n, {}), device) for n in parse_embedders(embedders)]
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
     paths = [root / p["a"]["audio_path"] for p in pairs] + [root / p["b"]["audio_path"] for p in pairs] + ref_paths
-    emb = embed_sources([AudioSource(str(p), clip_loader(p)) for p in paths], built, cache)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(paths), desc="embedding", unit="clip", disable=not progress) as bar:
+        emb = embed_sources([AudioSource(str(p), clip_loader(p)) for p in paths], built, cache, progress=bar.update)
     if emb.errors:
         raise ScoreError(f"{len(emb.errors)} clip(s) could not be embedded, e.g. {next(iter(emb.errors.values()))}")
     result = CompareResult(a, b, reference, len(pairs))
     n = len(pairs)
+    # Each label swap costs two metric calls, for FAD and KAD, per embedder: minutes at 999 swaps.
+    bar = tqdm(total=len(built) * 2 * 2 * (permutations + 1), desc="permutation tests", unit="metric",
+               disable=not progress)
     for e in built:
         vectors = clip_matrix(emb.embeddings[e.name])
         xa, xb, y = vectors[:n], vectors[n:2 * n], vectors[2 * n:]
-        result.rows += _set_tests(e.name, xa, xb, y, permutations, seed)
+        result.rows += _set_tests(e.name, xa, xb, y, permutations, seed, bar.update)
         if e.supports_text:
             texts = embed_texts([p["a"]["prompt"] for p in pairs], e, cache, emb)
             result.rows.append(_clap_test(e.name, clap_scores(texts, xa), clap_scores(texts, xb), bootstrap, seed))
+    bar.close()
     result.path = _write(root, result)
     return result
 
@@ -123,15 +130,17 @@ def _reference_paths(root: Path, reference: str, samples, cells) -> list[Path]:
 
 
 def _set_tests(name: str, xa: np.ndarray, xb: np.ndarray, y: np.ndarray, permutations: int,
-               seed: int) -> list[Comparison]:
+               seed: int, tick=lambda n=1: None) -> list[Comparison]:
     mu_y, s_y = gaussian_stats(y)
     bandwidth = median_pairwise_distance(y)
 
     def fad(x, _ref):
+        tick(1)
         mu, s = gaussian_stats(x)
         return frechet_distance(mu, s, mu_y, s_y).value
 
     def kad(x, ref):
+        tick(1)
         return kernel_audio_distance(x, ref, bandwidth=bandwidth).value
 
     out = []

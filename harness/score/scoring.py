@@ -127,8 +127,8 @@ def resolve_cell(prefix: str, cell_ids: Sequence[str]) -> str:
     """The one cell id starting with ``prefix``, or a ScoreError naming the candidates."""
     matches = [c for c in cell_ids if c.startswith(prefix)]
     if len(matches) != 1:
-        what = "no cell" if not matches else f"{len(matches)} cells"
-        raise ScoreError(f"{what} of this run match {prefix!r}; cells: {', '.join(sorted(cell_ids)) or 'none'}")
+        what = "no cell of this run matches" if not matches else f"{len(matches)} cells of this run match"
+        raise ScoreError(f"{what} {prefix!r}; cells: {', '.join(sorted(cell_ids)) or 'none'}")
     return matches[0]
 
 
@@ -268,14 +268,16 @@ def _score_locked(store: RunStore, reference: str, names: list[str], options: di
         ref_id = hashlib.sha256("\n".join(keys).encode()).hexdigest()
         ref_info = {"kind": "cell", "cell_id": ref_cell, "n": len(g.rows), "n_failed": g.failed}
 
+    from tqdm.auto import tqdm
+
     rows: list[dict[str, Any]] = []
-    for cell_id in wanted:
-        if cell_id not in groups:
-            continue
-        for e in built:
-            rows += _score_cell(cell_id, groups[cell_id], e, emb, cache, metrics, ref_set, ref_index,
-                                groups.get(ref_cell) if ref_cell else None, ref_label, ref_id, ref_info,
-                                bootstrap, confidence, seed)
+    # After embedding, metrics and their bootstrap CIs take minutes on large runs: a bar with ETA.
+    work = [(c, e) for c in wanted if c in groups for e in built]
+    for cell_id, e in tqdm(work, desc=f"metrics ({bootstrap} bootstrap resamples)", unit="cell",
+                           disable=not progress, dynamic_ncols=True):
+        rows += _score_cell(cell_id, groups[cell_id], e, emb, cache, metrics, ref_set, ref_index,
+                            groups.get(ref_cell) if ref_cell else None, ref_label, ref_id, ref_info,
+                            bootstrap, confidence, seed)
     for r in rows:
         r["details"] = _json_safe(r["details"])
     store.write_metrics(rows)
@@ -523,6 +525,7 @@ def print_scores(result: ScoreResult) -> None:
         q = f", {result.quarantined} file(s) quarantined" if result.quarantined else ""
         console.print(f"reference manifest{q}: {result.reference_report}", highlight=False, soft_wrap=True)
     computed = ", ".join(f"{k} {v}" for k, v in sorted(result.computed.items())) or "none"
-    console.print(f"reference {result.reference} (id {result.reference_id[:12]}); embeddings computed: "
+    label = result.reference.replace(":", ": ", 1)  # "folder: /path", "cell: <id>"
+    console.print(f"reference {label} (id {result.reference_id[:12]}); embeddings computed: "
                   f"{computed}; read from cache: {sum(result.cached.values())} ({result.cache_dir})",
                   highlight=False, soft_wrap=True)

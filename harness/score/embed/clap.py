@@ -37,11 +37,12 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.hub import missing_weights_message
+from harness.hub import missing_weights_message, offline, reachable
 from harness.score.embed._torch import state_dict_sha256
 from harness.score.embed.audio import RESAMPLER
 from harness.score.embed.registry import Embedder, EmbedderError, register
@@ -204,12 +205,20 @@ class ClapEmbedder(_ClapBase):
         from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
         self.model_id, self.revision = str(model), revision
-        try:
-            loaded = ClapModel.from_pretrained(self.model_id, revision=revision)
-            tokenizer = AutoTokenizer.from_pretrained(self.model_id, revision=revision)
-            fe = ClapFeatureExtractor.from_pretrained(self.model_id, revision=revision)
+
+        def load(local_only: bool):
+            return tuple(cls.from_pretrained(self.model_id, revision=revision, local_files_only=local_only)
+                         for cls in (ClapModel, AutoTokenizer, ClapFeatureExtractor))
+
+        try:  # the cache (or a folder) first: no network round trip when the model is already here
+            loaded, tokenizer, fe = load(local_only=True)
         except (OSError, ValueError) as err:
-            raise _missing_clap_error(self.model_id, revision, err) from err
+            if offline() or Path(self.model_id).is_dir() or not reachable():
+                raise _missing_clap_error(self.model_id, revision, err) from err
+            try:
+                loaded, tokenizer, fe = load(local_only=False)
+            except (OSError, ValueError) as err2:
+                raise _missing_clap_error(self.model_id, revision, err2) from err2
         self._setup(loaded, tokenizer, fe, device, batch_size)
 
     def source(self) -> dict[str, Any]:
