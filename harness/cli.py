@@ -366,7 +366,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _add_gate_parsers(sub) -> None:
-    gt = sub.add_parser("gate", help="pass/fail a run (or benchmark JSON) against a baseline under a policy")
+    gt = sub.add_parser("gate", help="pass, fail or inconclusive: a run (or benchmark JSON) against a baseline under a policy")
     gt.add_argument("candidate", metavar="RUN|JSON", help="run folder, baseline file or pytest-benchmark JSON")
     gt.add_argument("--baseline", required=True, help="baseline file (baseline save), run folder or pytest-benchmark JSON")
     gt.add_argument("--policy", required=True, help="policy TOML: allowed regression per figure (see benchmarks/gates/)")
