@@ -472,3 +472,15 @@ def test_shipped_sweeps_expand(name, n_cells):
 
     _, cells, _ = prepare(REPO / "benchmarks" / "sweeps" / f"{name}.toml")
     assert len(cells) == n_cells
+
+
+def test_sequential_gate_ab_adds_rounds_until_decided(make_sweep, tmp_path, capsys):
+    """3 rounds can never decide (Wilcoxon p >= 1/8); the session adds rounds and then fails the slower side."""
+    fast = make_sweep(steps=[2], prompts={"set": "smoke", "limit": 1}, seeds=[0], threads=1)
+    slow = make_sweep(steps=[12], prompts={"set": "smoke", "limit": 1}, seeds=[0])
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "latency_ms:total:p50"\nmax_regression = "10%"\n')
+    code = main(["gate-ab", fast, slow, "--policy", str(policy), "--rounds", "3", "--max-rounds", "9",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1 and "sequential A/B" in out and "decided at look 3 of 3 (9 rounds" in out
+    assert main(["gate-ab", fast, slow, "--policy", str(policy), "--rounds", "3", "--max-rounds", "2"]) == 2
