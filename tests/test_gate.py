@@ -484,3 +484,21 @@ def test_sequential_gate_ab_adds_rounds_until_decided(make_sweep, tmp_path, caps
     out = capsys.readouterr().out
     assert code == 1 and "sequential A/B" in out and "decided at look 3 of 3 (9 rounds" in out
     assert main(["gate-ab", fast, slow, "--policy", str(policy), "--rounds", "3", "--max-rounds", "2"]) == 2
+
+
+def test_markdown_never_says_pass_while_a_figure_is_inconclusive(tmp_path):
+    noisy_base = _latency([100, 60, 140, 80, 120, 90])
+    noisy_cand = _latency([120, 70, 170, 95, 145, 105])  # +20 %: neither within 10 % nor beyond, shown
+    result = compare(_summary({"latency_ms:total:p50": noisy_base}), _summary({"latency_ms:total:p50": noisy_cand}),
+                     Policy(rule=[Rule(figure="*", max_regression="10%")]))
+    text = markdown(result)
+    assert result.exit_code == 0 and "INCONCLUSIVE" in text.splitlines()[0] and "PASS" not in text.splitlines()[0]
+    assert "90% CI" in text and "more timed calls per side" in text
+    strict = Policy(inconclusive="fail", rule=[Rule(figure="*", max_regression="10%")])
+    failing = compare(_summary({"latency_ms:total:p50": noisy_base}), _summary({"latency_ms:total:p50": noisy_cand}),
+                      strict)
+    assert failing.exit_code == 3
+    junit(failing, tmp_path / "j.xml")
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
+    junit(result, tmp_path / "w.xml")
+    assert ET.parse(tmp_path / "w.xml").getroot().get("skipped") == "1"

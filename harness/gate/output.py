@@ -62,10 +62,11 @@ def markdown(result: GateResult, title: str = "audioldm2-harness gate") -> str:
     undecided = sum(v.status == "inconclusive" for v in result.verdicts)
     if result.exit_code == 1 and unjudged:
         headline += f" (and {unjudged} figure(s) could not be compared)"
-    if undecided and result.exit_code != 3:
-        headline += (f" ({undecided} figure(s) inconclusive: not enough evidence either way; "
-                     "warning only under inconclusive = \"warn\")" if result.exit_code == 0
-                     else f" ({undecided} figure(s) inconclusive)")
+    if undecided and result.exit_code == 0:  # never "PASS" while a figure lacks the evidence
+        headline = (f"INCONCLUSIVE: {undecided} figure(s) without enough evidence either way, none failed "
+                    "(a warning: exit 0 under inconclusive = \"warn\")")
+    elif undecided and result.exit_code != 3:
+        headline += f" ({undecided} figure(s) inconclusive)"
     lines = [f"### {title}: {headline}", ""]
     lines += [f"> {note}" for note in result.notes] + ([""] if result.notes else [])
     if result.environment_differences:
