@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="samples per pipeline call (outputs do not depend on it)")
     run.add_argument("--no-conditioning-cache", action="store_true", help="re-encode prompts for every batch")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads(run)
     run.add_argument("--shard", metavar="I/N",
                      help="do only shard I of N (1-based, e.g. 2/4): a deterministic, cost-balanced part of "
                           "the sweep; default run folder runs/<sweep name>/shard-I-of-N (join them with merge)")
@@ -52,10 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure per-stage latency and memory of every cell")
     bench.add_argument("config", help="sweep TOML file (its [latency] table sets the protocol)")
     bench.add_argument("--run-dir", help="run folder (default: runs/<sweep name>)")
-    bench.add_argument("--warmup", type=int, help="warm-up calls, excluded (>= 1)")
-    bench.add_argument("--repeats", type=int, help="timed calls per cell (>= 2)")
+    bench.add_argument("--warmup", type=int, help="warm-up calls, excluded (>= 1; default: [latency].warmup, 1)")
+    bench.add_argument("--repeats", type=int, help="timed calls per cell (>= 2; default: [latency].repeats, 5)")
     bench.add_argument("--no-memory", action="store_true", help="skip the separate memory pass")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads(bench)
     bench.set_defaults(func=_cmd_bench)
 
     gv = sub.add_parser("gpu-validate", help="stage table of the full-size base architecture on a GPU")
@@ -87,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("spec", nargs="?", help="built-in name, audiocaps:PATH, musiccaps:PATH or a file")
     pr.add_argument("--limit", type=int, default=20)
     pr.set_defaults(func=_cmd_prompts)
+
+    ref = sub.add_parser("reference", help="reference audio sets for score and compare")
+    ref_sub = ref.add_subparsers(dest="action", required=True)
+    synth = ref_sub.add_parser("synth", help="write a synthetic reference folder (tones, chirps, noise, clicks)")
+    synth.add_argument("folder", metavar="DIR", help="folder to write <kind>_<i>.wav files into (created if needed)")
+    synth.add_argument("--n", type=int, default=32, help="number of clips (default 32)")
+    synth.add_argument("--seed", type=int, default=0, help="clip i depends only on (seed, i) (default 0)")
+    synth.add_argument("--duration", type=float, default=1.0, help="seconds per clip (default 1.0)")
+    synth.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000, AudioLDM 2's rate)")
+    synth.set_defaults(func=_cmd_reference_synth)
 
     sc = sub.add_parser("score", help="score a run's audio: FAD, KAD (vs a reference) and CLAP score")
     sc.add_argument("run_dir", metavar="RUN", help="run folder")
@@ -145,17 +157,30 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("cell_b", metavar="CELL_B", help="cell id to compare with (e.g. the DDIM 200-step baseline)")
     cmp.add_argument("--reference", required=True, metavar="DIR|cell:ID", help="reference for FAD/KAD, as in score")
     cmp.add_argument("--embedder", default="mel", help="comma-separated embedders (default mel)")
-    cmp.add_argument("--permutations", type=int, default=999, help="label swaps for the FAD/KAD permutation test")
-    cmp.add_argument("--bootstrap", type=int, default=2000, help="resamples for the paired CLAP bootstrap")
+    cmp.add_argument("--permutations", type=int, default=999,
+                     help="label swaps for the FAD/KAD permutation test (default 999)")
+    cmp.add_argument("--bootstrap", type=int, default=2000, help="resamples for the paired CLAP bootstrap (default 2000)")
     cmp.add_argument("--cache-dir", help="embedding cache folder, as in score")
     _add_reference_options(cmp)
     _add_weights_options(cmp)
     cmp.add_argument("--device", default="cpu", help="device for model embedders")
+    cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
 
     _add_gate_parsers(sub)
     _add_history_parsers(sub)
     return parser
+
+
+def _add_threads(parser) -> None:
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: the sweep's threads, else torch's default of one per "
+                             "core); set 1 on a shared or loaded machine; recorded in the run's environment")
+
+
+def _check_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -164,6 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_threads(args)
     shard = None
     if args.shard is not None:
         from harness.plan.shard import parse_shard
@@ -182,7 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run_sweep(args.config, args.run_dir, retry_failed=args.retry_failed,
                        batch_size=args.batch_size, conditioning_cache=not args.no_conditioning_cache,
                        progress=not args.no_progress, shard=shard, executor=args.executor,
-                       executor_options=options)
+                       executor_options=options, threads=args.threads)
     print_summary(result)
     if result.shard_note:
         print(result.shard_note)
@@ -228,7 +254,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--warmup must be >= 1 (the first call is always a warm-up), got {args.warmup}")
     if args.repeats is not None and args.repeats < 2:
         raise ValueError(f"--repeats must be >= 2, got {args.repeats}")
-    result = bench_sweep(args.config, args.run_dir, progress=not args.no_progress, warmup=args.warmup,
+    _check_threads(args)
+    result = bench_sweep(args.config, args.run_dir, progress=not args.no_progress, threads=args.threads,
+                         warmup=args.warmup,
                          repeats=args.repeats, memory=False if args.no_memory else None)
     print_bench(result)
     return EXIT_FAILURES if result.cell_errors else EXIT_OK
@@ -325,6 +353,19 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_reference_synth(args: argparse.Namespace) -> int:
+    from harness.data.synthetic import write_synthetic_reference
+
+    if args.n < 1 or args.duration <= 0 or args.sample_rate < 1000:
+        raise ValueError(f"--n must be >= 1, --duration > 0 and --sample-rate >= 1000; got {args.n}, "
+                         f"{args.duration}, {args.sample_rate}")
+    paths = write_synthetic_reference(args.folder, args.n, seed=args.seed, sample_rate=args.sample_rate,
+                                      duration_s=args.duration)
+    print(f"wrote {len(paths)} synthetic clips ({args.duration:g} s, {args.sample_rate} Hz) to "
+          f"{Path(args.folder).resolve()}; use it as: score RUN --reference {args.folder}")
+    return EXIT_OK
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from harness.score.scoring import print_scores, score_run
 
@@ -398,12 +439,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
                                    clap_model=args.clap_model, weights=_weights(args), device=args.device,
                                    permutations=args.permutations, bootstrap=args.bootstrap,
-                                   cache_dir=args.cache_dir, follow_external_links=args.follow_external_links))
+                                   cache_dir=args.cache_dir, follow_external_links=args.follow_external_links,
+                                   progress=not args.no_progress))
     return EXIT_OK
 
 
 def _add_gate_parsers(sub) -> None:
-    gt = sub.add_parser("gate", help="pass/fail a run (or benchmark JSON) against a baseline under a policy")
+    gt = sub.add_parser("gate", help="pass, fail or inconclusive: a run (or benchmark JSON) against a baseline under a policy")
     gt.add_argument("candidate", metavar="RUN|JSON", help="run folder, baseline file or pytest-benchmark JSON")
     gt.add_argument("--baseline", required=True, help="baseline file (baseline save), run folder or pytest-benchmark JSON")
     gt.add_argument("--policy", required=True, help="policy TOML: allowed regression per figure (see benchmarks/gates/)")
@@ -423,9 +465,17 @@ def _add_gate_parsers(sub) -> None:
     ab.add_argument("baseline_config", metavar="BASELINE.toml", help="sweep file of the baseline configuration")
     ab.add_argument("candidate_config", metavar="CANDIDATE.toml", help="sweep file of the candidate (same cell count)")
     ab.add_argument("--policy", required=True, help="policy TOML (latency_ms:* rules apply to the paired ratios)")
-    ab.add_argument("--rounds", type=int, default=10, help="alternating rounds (each times A once and B once)")
-    ab.add_argument("--warmup", type=int, default=1, help="untimed calls per side first")
+    ab.add_argument("--rounds", type=int, default=10,
+                    help="alternating rounds before the first look (each times A once and B once; default 10)")
+    ab.add_argument("--max-rounds", type=int,
+                    help="round budget: add rounds until every figure is decided or this many are done "
+                         "(sequential test with alpha spending; default: --rounds, one look)")
+    ab.add_argument("--look-every", type=int, help="rounds added between looks (default: --rounds)")
+    ab.add_argument("--spending", choices=["pocock", "obrien-fleming"], default="pocock",
+                    help="alpha-spending function of the sequential test (default pocock)")
+    ab.add_argument("--warmup", type=int, default=1, help="untimed calls per side first (default 1)")
     ab.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads(ab)
     _add_gate_outputs(ab)
     ab.set_defaults(func=_cmd_gate_ab)
 
@@ -444,14 +494,19 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate_ab(args: argparse.Namespace) -> int:
-    from harness.measure.ab import ab_session
-    from harness.gate.compare import compare
     from harness.gate.policy import load_policy
+    from harness.gate.sequential import looks, sequential_compare
+    from harness.measure.ab import ABSession
 
     policy = load_policy(args.policy)  # read first: a bad policy fails before minutes of timing
-    base, cand = ab_session(args.baseline_config, args.candidate_config, args.rounds, args.warmup,
-                            progress=not args.no_progress)
-    return _gate_outputs(compare(base, cand, policy, args.allow_env_mismatch), args)
+    max_rounds = args.max_rounds or args.rounds
+    looks(args.rounds, max_rounds, args.look_every)  # a bad schedule fails before timing too
+    _check_threads(args)
+    session = ABSession(args.baseline_config, args.candidate_config, args.warmup, progress=not args.no_progress,
+                        threads=args.threads)
+    result = sequential_compare(session.add_rounds, policy, args.rounds, max_rounds, args.look_every,
+                                args.spending, args.allow_env_mismatch)
+    return _gate_outputs(result, args)
 
 
 def _gate_outputs(result, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -66,7 +67,8 @@ def fingerprint() -> dict[str, object]:
         "cpu": _cpu_model(),
         "git_commit": _git_commit(),
         "cuda_available": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),  # set by a sweep's threads or --threads
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

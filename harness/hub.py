@@ -10,6 +10,24 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within ``timeout_s`` (no retries).
+
+    huggingface_hub retries a failed request five times with back-off (about 25-35 s) before it
+    says the machine is offline; this probe lets a missing model fail at once instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def missing_weights_message(what: str, repo_id: str, revision: str | None, err: Exception, local_hint: str) -> str:
     """'cannot load <what> <repo_id>: ...', with the cache folder, the reason and the `hf download` command."""
     from huggingface_hub import constants

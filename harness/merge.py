@@ -312,7 +312,11 @@ def _plan(out: Path, existing: _Folder | None, folders: list[_Folder], allow_env
 
 def _verify_sources(samples_from: list[tuple[_Folder, dict[str, Any]]]) -> None:
     bad = []
-    for folder, row in samples_from:
+    from tqdm.auto import tqdm
+
+    # Hashing and linking thousands of files takes a while: a bar on terminals, for large merges.
+    for folder, row in tqdm(samples_from, desc="merging audio", unit="file", leave=False,
+                            disable=None if len(samples_from) >= 200 else True):
         problem = file_problem(_source_file(folder.root, row), row["audio_sha256"])
         if problem:
             bad.append(f"{_key_text((row['cell_id'], row['prompt_id'], row['seed']))} ({problem})")

@@ -10,7 +10,7 @@ Column families of ``cell_frame`` (all flat, so the frame goes to CSV/Parquet as
   at the smallest measured batch) when the cell has them, else from the timings ``run`` stored
   (per sample); ``latency_source`` and ``latency_unit`` say which (the two are never mixed
   within a cell); ``rtf`` (compute seconds per second of audio, batch accounted for);
-* memory, MiB: ``memory_mib:<stage>:<kind>`` with the kind's own label (rss_peak,
+* memory, MiB: ``memory_mib:<stage>:<kind>`` with the kind's own label (rss_peak, rss_growth,
   allocated_peak, reserved_peak, nvml_used), never one for another;
 * quality: ``<metric>:<embedder>`` and its ``:ci_low``, ``:ci_high``, ``:n``; when one cell was
   scored against several references the figure gets ``@<reference id>``.

@@ -134,11 +134,13 @@ class LatencySpec(_Strict):
     warmup: int = Field(default=1, ge=1, le=1000)
     repeats: int = Field(default=5, ge=2, le=100_000)
     memory: bool = True
-    batch_sizes: list[int] = Field(default=[1], min_length=1)
+    batch_sizes: list[int] | None = Field(default=None, min_length=1)  # None: the sweep's batch_size
 
     @field_validator("batch_sizes")
     @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        if values is None:
+            return None
         return _unique([_in_range(v, "latency.batch_sizes", 1, MAX_BATCH_SIZE) for v in values],
                        "latency.batch_sizes")
 
@@ -177,6 +179,8 @@ class SweepSpec(_Strict):
     vae_tiling: list[bool] = Field(default=[False], min_length=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     batch_size: int = Field(default=1, gt=0, le=MAX_BATCH_SIZE)
+    # torch's CPU threads (None: torch's default, one per core); not part of cell ids.
+    threads: int | None = Field(default=None, gt=0, le=1024)
     allow_unsafe_schedulers: bool = False
 
     @field_validator("checkpoints", "schedulers", mode="before")

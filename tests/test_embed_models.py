@@ -156,3 +156,19 @@ def test_score_with_the_tiny_model_embedders(make_sweep, tmp_path):
         assert r["n"] == 4 and np.isfinite(r["value"]) and r["details"]["embedder_identity"]["name"] == r["embedder"]
     with pytest.raises(ValueError, match="weights are given for pann"):
         score_run(run, str(tmp_path / "ref"), "mel", weights={"pann": "x.pth"})
+
+
+def test_missing_clap_model_fails_at_once_without_network(tmp_path, monkeypatch):
+    """Not cached, HF_HUB_OFFLINE unset, hub unreachable: one error at once, never five retries."""
+    import time
+
+    import harness.score.embed.clap as clap
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    probes = []
+    monkeypatch.setattr(clap, "reachable", lambda: probes.append(1) or False)
+    start = time.perf_counter()
+    with pytest.raises(EmbedderError, match="cannot load CLAP model nobody/no-such-clap") as err:
+        clap.ClapEmbedder("nobody/no-such-clap")
+    assert time.perf_counter() - start < 10 and probes == [1] and "\n" not in str(err.value)

@@ -112,33 +112,76 @@ def test_welch_from_summary_statistics_matches_scipy():
 
 # --- verdicts ---------------------------------------------------------------------------------
 
-def _judge(base, cand, rule):
-    return judge("c", "label", "latency_ms:total:p50", base, cand, rule, 0.05)
+def _judge(base, cand, rule, interval=True):
+    # Simulations skip the interval (a bisection over the test): it does not change the verdict.
+    return judge("c", "label", "latency_ms:total:p50", base, cand, rule, 0.05, interval)
 
 
-def test_large_significant_slowdown_fails_small_or_noisy_ones_pass():
+def test_large_significant_slowdown_fails_small_ones_pass_noisy_ones_are_inconclusive():
     rule = Rule(figure="*", max_regression="10%")
     rng = np.random.default_rng(1)
     base = _latency(rng.normal(100, 2, 10))
-    assert _judge(base, _latency(rng.normal(130, 2, 10)), rule).status == "regression"
-    assert _judge(base, _latency(rng.normal(105, 2, 10)), rule).status == "pass"  # real, but allowed
+    fail = _judge(base, _latency(rng.normal(130, 2, 10)), rule)
+    assert fail.status == "regression" and fail.interval[0] > 0.10  # the whole interval beyond the allowance
+    ok = _judge(base, _latency(rng.normal(105, 2, 10)), rule)
+    assert ok.status == "pass" and ok.interval[1] < 0.10 and ok.p_within < 0.05  # real, but shown within
     noisy_base = _latency([100, 60, 140, 80, 120, 90])
-    noisy_cand = _latency([120, 70, 170, 95, 145, 105])  # about +20 %, far from significant
+    noisy_cand = _latency([120, 70, 170, 95, 145, 105])  # about +20 %, far from significant either way
     noisy = _judge(noisy_base, noisy_cand, rule)
-    assert noisy.status == "pass" and noisy.change > 0.10 and noisy.p_value > 0.05
+    assert noisy.status == "inconclusive" and noisy.change > 0.10 and noisy.p_value > 0.05 and noisy.p_within > 0.05
+    low, high = noisy.interval
+    assert low < 0.10 < high and noisy.interval_level == pytest.approx(0.90)
+    assert "more timed calls per side" in noisy.needed
     forced = _judge(noisy_base, noisy_cand, Rule(figure="*", max_regression="10%", significance=False))
-    assert forced.status == "regression"
+    assert forced.status == "regression" and forced.p_value is None and "significance = false" in forced.test
     assert _judge(base, _latency(rng.normal(70, 2, 10)), rule).status == "improved"
 
 
-def test_too_few_observations_to_ever_fail_is_said_not_passed():
+def test_interval_of_a_ci_figure_is_the_normal_closed_form():
+    """FAD-like figures with CIs only: the interval is diff +- z(alpha) * hypot(se_b, se_c)."""
+    def fig(value, se):
+        z = scipy.stats.norm.ppf(0.975)
+        return Figure(value, "lower", ci_low=value - z * se, ci_high=value + z * se, confidence=0.95, n=50)
+
+    base, cand = fig(2.0, 0.1), fig(2.3, 0.2)
+    verdict = judge("c", "l", "fad:mel", base, cand, Rule(figure="*", max_regression=0.1), 0.05)
+    half = scipy.stats.norm.ppf(0.95) * np.hypot(0.1, 0.2)
+    assert verdict.interval == pytest.approx((0.3 - half, 0.3 + half), abs=1e-6)
+    assert verdict.status == "inconclusive"  # 0.3 - 0.368 < 0.1 < 0.3 + 0.368
+    assert "more samples" in verdict.needed or "more paired" in verdict.needed or "more" in verdict.needed
+
+
+def test_interval_of_paired_rounds_is_the_walsh_average_bound():
+    """A/B rounds: the Wilcoxon interval of the log ratio is bounded by Walsh averages (Hodges-Lehmann),
+    with the critical count taken from the exact null distribution, enumerated here by brute force."""
+    import itertools
+
+    rng = np.random.default_rng(7)
+    n = 8
+    b = 100 * rng.lognormal(0, 0.1, n)
+    c = b * np.exp(0.2 + rng.normal(0, 0.1, n))
+    keys = [f"round-{i}" for i in range(n)]
+    verdict = _judge(_latency(b, keys), _latency(c, keys), Rule(figure="*", max_regression="10%"))
+    d = np.log(c) - np.log(b)
+    walsh = np.sort([(d[i] + d[j]) / 2 for i in range(n) for j in range(i, n)])
+    ranks = np.arange(1, n + 1)
+    t_plus = np.array([ranks[np.array(signs, bool)].sum() for signs in itertools.product([0, 1], repeat=n)])
+    tail = lambda k: np.mean(t_plus >= k)  # noqa: E731 - P(T+ >= k) under the null
+    crit = min(k for k in range(t_plus.max() + 2) if tail(k) < 0.05)  # reject when #(W > theta) >= crit
+    m = walsh.size
+    low, high = np.exp(walsh[m - crit]) - 1, np.exp(walsh[crit - 1]) - 1
+    assert verdict.interval == pytest.approx((low, high), abs=1e-6)
+
+
+def test_too_few_observations_to_ever_decide_is_inconclusive_not_passed():
     rule = Rule(figure="*", max_regression="10%")
     few = _judge(_latency([100, 101, 102]), _latency([300, 301, 302]), rule)  # 3 calls a side: p >= 1/20
-    assert few.status == "incomparable" and "too few observations" in few.test and "--repeats" in few.test
+    assert few.status == "inconclusive" and "too few observations" in few.needed and "--repeats" in few.needed
     keys = [f"round-{i}" for i in range(4)]
     rounds = _judge(_latency([100] * 4, keys), _latency([200, 201, 202, 203], keys), rule)  # p >= 1/16
-    assert rounds.status == "incomparable" and "--rounds" in rounds.test
-    assert _judge(_latency([100, 101, 102]), _latency([100, 101, 102]), rule).status == "pass"  # no change: fine
+    assert rounds.status == "inconclusive" and "--rounds" in rounds.needed
+    same = _judge(_latency([100, 101, 102]), _latency([100, 101, 102]), rule)  # no change, but nor any evidence
+    assert same.status == "inconclusive"
 
 
 def test_paired_clap_drop_fails_and_higher_is_better():
@@ -163,9 +206,9 @@ def test_false_alarm_rate_under_the_null_and_power():
     def draw(scale):  # right-skewed timings with a 15 % spread, as on a shared runner
         return _latency(scale * rng.lognormal(0.0, 0.15, 10))
 
-    null = sum(_judge(draw(100), draw(100), rule).status == "regression" for _ in range(400))
-    within = sum(_judge(draw(100), draw(110), rule).status == "regression" for _ in range(400))
-    power = sum(_judge(draw(100), draw(160), rule).status == "regression" for _ in range(200))
+    null = sum(_judge(draw(100), draw(100), rule, False).status == "regression" for _ in range(400))
+    within = sum(_judge(draw(100), draw(110), rule, False).status == "regression" for _ in range(400))
+    power = sum(_judge(draw(100), draw(160), rule, False).status == "regression" for _ in range(200))
     assert null / 400 <= 0.01  # tested against the 10 % allowance: far below alpha = 0.05
     assert within / 400 <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 400)  # at the boundary: alpha, as designed
     assert power / 200 >= 0.9
@@ -196,9 +239,9 @@ def test_a_baseline_of_several_runs_absorbs_run_to_run_drift():
         return Figure(float(np.median(values)), "lower", "ms", "ratio", run_values=values,
                       samples=[x for f in figs for x in f.samples])
 
-    single = sum(_judge(run(100), run(100), rule).status == "regression" for _ in range(300))
-    several = sum(_judge(pooled(5), run(100), rule).status == "regression" for _ in range(300))
-    caught = sum(_judge(pooled(5), run(200), rule).status == "regression" for _ in range(300))
+    single = sum(_judge(run(100), run(100), rule, False).status == "regression" for _ in range(300))
+    several = sum(_judge(pooled(5), run(100), rule, False).status == "regression" for _ in range(300))
+    caught = sum(_judge(pooled(5), run(200), rule, False).status == "regression" for _ in range(300))
     assert single / 300 > 0.1  # per-call tests mistake drift for regressions...
     assert several / 300 <= 0.05  # ...a 5-run baseline does not
     assert caught / 300 >= 0.8  # and still catches a doubling
@@ -460,7 +503,16 @@ def test_identical_runs_pass_and_degraded_audio_fails(quality_runs, tmp_path):
     runs, policy = quality_runs
     assert main(["baseline", "save", str(runs["base"]), "--out", str(tmp_path / "base.json")]) == 0
     same = gate(runs["same"], tmp_path / "base.json", policy)
-    assert same.exit_code == 0 and {v.status for v in same.verdicts} == {"pass"}
+    same = gate(runs["same"], tmp_path / "base.json", policy)
+    # FAD against the base's own audio is ~1e-15: a relative allowance of it is no allowance at all,
+    # and its bootstrap CI cannot show the change is within it. Not a pass: inconclusive (warning, exit 0).
+    fad = next(v for v in same.verdicts if v.figure == "fad:mel")
+    assert fad.status == "inconclusive" and fad.change == 0 and same.exit_code == 0
+    strict = _policy(tmp_path, QUALITY_POLICY.replace("confidence = 0.95", 'confidence = 0.95\ninconclusive = "fail"'))
+    assert gate(runs["same"], tmp_path / "base.json", strict).exit_code == 3
+    absolute = _policy(tmp_path, QUALITY_POLICY.replace('max_regression = "10%"', "max_regression = 5.0"))
+    shown = gate(runs["same"], tmp_path / "base.json", absolute)
+    assert shown.exit_code == 0 and {v.status for v in shown.verdicts} == {"pass"}
     noisy = gate(runs["noisy"], tmp_path / "base.json", policy)
     fad = next(v for v in noisy.verdicts if v.figure == "fad:mel")
     assert noisy.exit_code == 1 and fad.status == "regression" and fad.p_value < 0.05
@@ -549,3 +601,33 @@ def test_shipped_sweeps_expand(name, n_cells):
 
     _, cells, _ = prepare(REPO / "benchmarks" / "sweeps" / f"{name}.toml")
     assert len(cells) == n_cells
+
+
+def test_sequential_gate_ab_adds_rounds_until_decided(make_sweep, tmp_path, capsys):
+    """3 rounds can never decide (Wilcoxon p >= 1/8); the session adds rounds and then fails the slower side."""
+    fast = make_sweep(steps=[2], prompts={"set": "smoke", "limit": 1}, seeds=[0], threads=1)
+    slow = make_sweep(steps=[12], prompts={"set": "smoke", "limit": 1}, seeds=[0])
+    policy = _policy(tmp_path, '[[rule]]\nfigure = "latency_ms:total:p50"\nmax_regression = "10%"\n')
+    code = main(["gate-ab", fast, slow, "--policy", str(policy), "--rounds", "3", "--max-rounds", "9",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1 and "sequential A/B" in out and "decided at look 3 of 3 (9 rounds" in out
+    assert main(["gate-ab", fast, slow, "--policy", str(policy), "--rounds", "3", "--max-rounds", "2"]) == 2
+
+
+def test_markdown_never_says_pass_while_a_figure_is_inconclusive(tmp_path):
+    noisy_base = _latency([100, 60, 140, 80, 120, 90])
+    noisy_cand = _latency([120, 70, 170, 95, 145, 105])  # +20 %: neither within 10 % nor beyond, shown
+    result = compare(_summary({"latency_ms:total:p50": noisy_base}), _summary({"latency_ms:total:p50": noisy_cand}),
+                     Policy(rule=[Rule(figure="*", max_regression="10%")]))
+    text = markdown(result)
+    assert result.exit_code == 0 and "INCONCLUSIVE" in text.splitlines()[0] and "PASS" not in text.splitlines()[0]
+    assert "90% CI" in text and "more timed calls per side" in text
+    strict = Policy(inconclusive="fail", rule=[Rule(figure="*", max_regression="10%")])
+    failing = compare(_summary({"latency_ms:total:p50": noisy_base}), _summary({"latency_ms:total:p50": noisy_cand}),
+                      strict)
+    assert failing.exit_code == 3
+    junit(failing, tmp_path / "j.xml")
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
+    junit(result, tmp_path / "w.xml")
+    assert ET.parse(tmp_path / "w.xml").getroot().get("skipped") == "1"

@@ -106,3 +106,40 @@ def test_cuda_timer_uses_events_without_sync_inside():
         for _ in range(10):
             a = a @ a / 2048
     assert timer.results()["matmul"] > 0
+
+
+def _heap_blocks(megabytes: int) -> list[np.ndarray]:
+    # 64 KiB blocks come from malloc's heap (below its mmap threshold): freeing them does not
+    # lower the RSS by itself, as with a pipeline's many tensors.
+    return [np.ones(64 * 1024 // 8) for _ in range(megabytes * 16)]
+
+
+def test_cpu_stage_peaks_differ_when_malloc_keeps_freed_pages():
+    """Stages that allocate differently get different figures, even though the allocator holds
+    on to what an earlier stage freed (the process-wide peak then never falls on its own)."""
+    tracker = CpuMemoryTracker()
+    pins = []
+    with tracker.stage("big"):
+        blocks = _heap_blocks(200)
+        pins.append(np.ones(16))  # allocated after the blocks: the heap's top cannot just shrink
+        del blocks
+    with tracker.stage("small"):
+        block = _heap_blocks(10)
+        del block
+    peaks = tracker.results()
+    assert peaks["big"]["rss_peak_bytes"] - peaks["small"]["rss_peak_bytes"] > 100 * MIB
+    assert peaks["big"]["rss_growth_bytes"] > 150 * MIB
+    assert 5 * MIB < peaks["small"]["rss_growth_bytes"] < 60 * MIB
+
+
+def test_cpu_memory_without_a_resettable_peak_records_named_deltas(monkeypatch):
+    import harness.measure.trackers as trackers
+
+    monkeypatch.setattr(trackers, "_reset_hwm", lambda: False)
+    tracker = CpuMemoryTracker()
+    with tracker.stage("keeps"):
+        kept = _touch(50)
+    peaks = tracker.results()
+    assert set(peaks["keeps"]) == {"rss_peak_since_start_bytes", "rss_delta_bytes"}
+    assert peaks["keeps"]["rss_delta_bytes"] > 40 * MIB  # still resident at the stage's end
+    del kept

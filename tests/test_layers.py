@@ -21,7 +21,7 @@ TORCH_FREE = [
     "harness.score.metrics.wer", "harness.score.asr.whisper", "harness.score.asr.transcribe",
     "harness.results", "harness.report.plots", "harness.report.build",
     "harness.gate", "harness.gate.policy", "harness.gate.summary", "harness.gate.compare",
-    "harness.gate.output", "harness.text", "harness.verify",
+    "harness.gate.output", "harness.gate.sequential", "harness.text", "harness.verify",
     "harness.history.store", "harness.history.changepoints", "harness.history.report", "harness.cli",
 ]
 

@@ -151,3 +151,31 @@ def test_peak_column_never_reports_reserved_memory():
         headline=lambda: {"stage_sum_over_total": 1.0, "rtf": 1.0, "first_call_s": 1.0},
     )
     assert bench_rows([m])[0]["peak_mib"] == 1.0
+
+
+def test_bench_times_the_sweeps_batch_size_and_threads_are_applied_and_recorded(make_sweep, tmp_path, capsys):
+    """Without [latency].batch_sizes a call is for the sweep's batch_size samples; threads = 1 in the
+    sweep sets torch's threads and lands in the environment; the table prints memory per stage."""
+    import json
+
+    from harness.measure.bench_table import print_bench
+
+    before = torch.get_num_threads()
+    try:
+        config = make_sweep(steps=[2], batch_size=3, threads=1, latency={"repeats": 2})
+        result = bench_sweep(config, tmp_path / "run", progress=False)
+        assert [m.batch_size for m in result.measurements] == [3]
+        assert torch.get_num_threads() == 1
+        db = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+        env = json.loads(db.execute("SELECT value FROM meta WHERE key='environment'").fetchone()[0])
+        assert env["torch_threads"] == 1
+        print_bench(result)
+        out = capsys.readouterr().out
+        assert "memory per stage" in out and "rss_growth_bytes" in out
+        config = make_sweep(steps=[2], batch_size=3, latency={"repeats": 2, "memory": False, "batch_sizes": [1]})
+        result = bench_sweep(config, tmp_path / "run2", progress=False, threads=2)
+        assert [m.batch_size for m in result.measurements] == [1] and torch.get_num_threads() == 2
+        print_bench(result)
+        assert "nan" not in capsys.readouterr().out  # no memory pass: "-", not nan
+    finally:
+        torch.set_num_threads(before)

@@ -287,3 +287,17 @@ def test_score_passes_follow_external_links_to_ingestion(tmp_path, monkeypatch, 
     assert main(["score", str(tmp_path / "run"), "--reference", str(tmp_path), "--no-progress", *flag]) == 2
     assert "stop here" in capsys.readouterr().err
     assert seen["follow_external_links"] is expected
+
+
+def test_reference_synth_command_writes_the_documented_set(tmp_path, capsys):
+    """`reference synth DIR` writes the same files as write_synthetic_reference, readable as a reference."""
+    from harness.cli import main
+    from harness.data.synthetic import write_synthetic_reference
+
+    assert main(["reference", "synth", str(tmp_path / "cli"), "--n", "6", "--seed", "3", "--duration", "0.5"]) == 0
+    assert "wrote 6 synthetic clips" in capsys.readouterr().out
+    expected = write_synthetic_reference(tmp_path / "api", 6, seed=3, duration_s=0.5)
+    written = sorted((tmp_path / "cli").glob("*.wav"))
+    assert [p.name for p in written] == sorted(p.name for p in expected)
+    assert all(p.read_bytes() == (tmp_path / "api" / p.name).read_bytes() for p in written)
+    assert main(["reference", "synth", str(tmp_path / "bad"), "--n", "0"]) == 2

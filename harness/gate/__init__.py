@@ -1,8 +1,8 @@
-"""The gate: a candidate's figures against a baseline's, under a policy, as pass/fail for CI.
+"""The gate: a candidate's figures against a baseline's, under a policy, as pass, fail or inconclusive for CI.
 
 policy.py (what may regress, by how much), summary.py (figures with their uncertainty, from
 run folders, baselines or pytest-benchmark JSON), compare.py (verdicts and significance tests),
-output.py (Markdown and JUnit XML), ab.py (interleaved A/B latency sessions).
+sequential.py (gate-ab's looks with alpha spending), output.py (Markdown and JUnit XML).
 """
 
 from __future__ import annotations

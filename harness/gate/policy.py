@@ -4,6 +4,8 @@ A policy file (TOML)::
 
     confidence = 0.95             # one-sided tests at alpha = 1 - confidence
     correction = "none"           # or "bonferroni": alpha / (number of gated figures)
+    inconclusive = "warn"         # or "fail": exit 3 when a figure is neither shown within
+                                  # the allowance nor shown beyond it (default: warn, exit 0)
 
     [[rule]]
     figure = "latency_ms:*:p50"   # fnmatch pattern over figure names; the first match wins
@@ -84,6 +86,8 @@ class Policy(BaseModel):
 
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     correction: Literal["none", "bonferroni"] = "none"  # for the number of gated figures
+    # Not enough evidence either way: "warn" says so and exits 0, "fail" exits 3.
+    inconclusive: Literal["fail", "warn"] = "warn"
     rule: list[Rule] = Field(default_factory=list)
 
     def rule_for(self, figure: str) -> Rule | None:
@@ -107,7 +111,7 @@ def load_policy(path: str | Path) -> Policy:
     except ValidationError as err:
         msg = first_error(err)
         if err.errors()[0]["type"] == "extra_forbidden":
-            msg += "; allowed: confidence, correction, rule (with figure, max_regression, significance, better)"
+            msg += "; allowed: confidence, correction, inconclusive, rule (with figure, max_regression, significance, better)"
         raise PolicyError(one_line(f"{path}: {msg}")) from None
     if not policy.rule:
         raise PolicyError(f"{path}: no [[rule]] tables; add at least one (see benchmarks/gates/)")

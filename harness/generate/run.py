@@ -43,9 +43,13 @@ def default_run_dir(spec: SweepSpec) -> Path:
     return Path("runs") / spec.name
 
 
-def prepare(config: str | Path) -> tuple[SweepSpec, list[Cell], PromptSet]:
-    """Load a sweep file, expand its cells on the resolved device, check them, load its prompts."""
+def prepare(config: str | Path, threads: int | None = None) -> tuple[SweepSpec, list[Cell], PromptSet]:
+    """Load a sweep file, expand its cells on the resolved device, check them, load its prompts,
+    and set torch's threads (``threads``, else the sweep's ``threads``, else torch's default)."""
+    from harness.generate.runtime import apply_threads
+
     spec = load_spec(config)
+    apply_threads(threads if threads is not None else spec.threads)  # before the fingerprint records it
     cells = expand(spec, resolve_device(spec.device))
     for cell in cells:
         try:
@@ -59,9 +63,10 @@ def prepare(config: str | Path) -> tuple[SweepSpec, list[Cell], PromptSet]:
 def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_failed: bool = False,
               batch_size: int | None = None, conditioning_cache: bool = True,
               progress: bool = True, shard: Shard | None = None, executor: str = "local",
-              executor_options: dict | None = None, async_writes: bool = True) -> RunResult:
+              executor_options: dict | None = None, async_writes: bool = True,
+              threads: int | None = None) -> RunResult:
     """Run (or resume) a sweep file into a run folder (with ``shard``: only that part of it)."""
-    spec, cells, prompts = prepare(config)
+    spec, cells, prompts = prepare(config, threads)
     run_dir_given = bool(run_dir)
     run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
     if shard is not None and not run_dir_given:

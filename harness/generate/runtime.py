@@ -28,6 +28,17 @@ def apply_runtime(pipe, options: RuntimeOptions, device: str) -> None:
         pipe.unet.compile(mode=None if options.compile == "default" else options.compile)
 
 
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads (None: leave torch's default, one per core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def attention_context(options: RuntimeOptions) -> contextlib.AbstractContextManager:
     """Context for each pipeline call: selects the SDPA kernel when one is forced."""
     kernels = {

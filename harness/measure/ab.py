@@ -53,10 +53,49 @@ class _Side:
         return call
 
 
-def _side(config: str | Path) -> _Side:
-    spec, cells, prompts = prepare(config)
+def _side(config: str | Path, threads: int | None = None) -> _Side:
+    spec, cells, prompts = prepare(config, threads)
     chosen = [prompts_for(c.checkpoint, prompts, spec.prompts.limit)[0] for c in cells]
     return _Side(Path(config), cells, chosen, spec.allow_unsafe_schedulers, PipelineCache())
+
+
+class ABSession:
+    """An A/B session that can be extended: ``add_rounds(k)`` times k more alternating rounds of
+    every pair of cells and returns the summaries of all rounds so far (for sequential gating)."""
+
+    def __init__(self, baseline_config: str | Path, candidate_config: str | Path, warmup: int = 1,
+                 progress: bool = True, threads: int | None = None) -> None:
+        # Both sides run in this one process: the baseline's threads setting (or --threads) holds.
+        self.a, self.b = _side(baseline_config, threads), _side(candidate_config, threads)
+        if len(self.a.cells) != len(self.b.cells):
+            raise ConfigError(f"{self.a.config} has {len(self.a.cells)} cells and {self.b.config} has "
+                              f"{len(self.b.cells)}; an A/B session pairs them in order, so both sweeps must "
+                              "expand to the same number")
+        self.warmup, self.progress = warmup, progress
+        self.env = fingerprint()
+        self.times: list[tuple[list, list]] = [([], []) for _ in self.a.cells]
+
+    def label(self, i: int) -> str:
+        """'<baseline cell> vs <candidate cell>' of pair ``i``."""
+        return f"{self.a.cells[i].label} vs {self.b.cells[i].label}"
+
+    def add_rounds(self, rounds: int) -> tuple[Summary, Summary]:
+        """Time ``rounds`` more rounds of every pair (after ``warmup`` untimed calls a side)."""
+        for i, (done_a, done_b) in enumerate(self.times):
+            call_a, call_b = self.a.prepare_cell(i), self.b.prepare_cell(i)  # pipelines may have been swapped out
+            new_a, new_b = _alternate(call_a, call_b, rounds, self.warmup, self.progress, self.label(i),
+                                      first=len(done_a))
+            done_a.extend(new_a)
+            done_b.extend(new_b)
+        return self.summaries()
+
+    def summaries(self) -> tuple[Summary, Summary]:
+        """One summary per side, keyed ``pair-<i>``, with every round so far."""
+        out = (Summary(f"A/B baseline {self.a.config}", self.env), Summary(f"A/B candidate {self.b.config}", self.env))
+        for i, times in enumerate(self.times):
+            for summary, side in zip(out, times):
+                summary.cells[f"pair-{i}"] = CellSummary(self.label(i), _figures(side))
+        return out
 
 
 def ab_session(baseline_config: str | Path, candidate_config: str | Path, rounds: int = 10,
@@ -64,28 +103,19 @@ def ab_session(baseline_config: str | Path, candidate_config: str | Path, rounds
     """Time the i-th cell of each configuration alternately; one summary per side."""
     if rounds < 2:
         raise ConfigError(f"rounds must be >= 2 for a paired test; got {rounds}")
-    a, b = _side(baseline_config), _side(candidate_config)
-    if len(a.cells) != len(b.cells):
-        raise ConfigError(f"{a.config} has {len(a.cells)} cells and {b.config} has {len(b.cells)}; an A/B "
-                          "session pairs them in order, so both sweeps must expand to the same number")
-    env = fingerprint()
-    out = (Summary(f"A/B baseline {a.config}", env), Summary(f"A/B candidate {b.config}", env))
-    for i in range(len(a.cells)):
-        key = f"pair-{i}"
-        label = f"{a.cells[i].label} vs {b.cells[i].label}"
-        times = _alternate(a.prepare_cell(i), b.prepare_cell(i), rounds, warmup, progress, label)
-        for summary, side in zip(out, times):
-            summary.cells[key] = CellSummary(label, _figures(side))
-    return out
+    return ABSession(baseline_config, candidate_config, warmup, progress).add_rounds(rounds)
 
 
-def _alternate(call_a, call_b, rounds: int, warmup: int, progress: bool, label: str) -> tuple[list, list]:
+def _alternate(call_a, call_b, rounds: int, warmup: int, progress: bool, label: str,
+               first: int = 0) -> tuple[list, list]:
     from tqdm.auto import tqdm
 
     for _ in range(max(warmup, 0)):
         call_a(), call_b()
     results: tuple[list, list] = ([], [])
-    for r in tqdm(range(rounds), desc=f"A/B {label}", unit="round", disable=not progress):
+    bar = tqdm(range(first, first + rounds), desc=f"A/B {label} (rounds {first + 1}-{first + rounds})",
+               unit="round", disable=not progress)
+    for r in bar:
         order = (0, 1) if r % 2 == 0 else (1, 0)  # ABBA: neither side always goes first
         for side in order:
             results[side].append((call_a, call_b)[side]())

@@ -50,16 +50,17 @@ def weights_bytes(pipe) -> int:
     return total
 
 
-def _protocols(spec: LatencySpec, overrides: dict) -> list[Protocol]:
+def _protocols(spec: LatencySpec, overrides: dict, batch_size: int) -> list[Protocol]:
     merged = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    return [Protocol(merged.warmup, merged.repeats, merged.memory, b) for b in merged.batch_sizes]
+    # A call is for the sweep's batch_size samples unless [latency].batch_sizes says otherwise.
+    return [Protocol(merged.warmup, merged.repeats, merged.memory, b) for b in merged.batch_sizes or [batch_size]]
 
 
 def bench_sweep(config: str | Path, run_dir: str | Path | None = None, progress: bool = True,
-                **overrides) -> BenchResult:
+                threads: int | None = None, **overrides) -> BenchResult:
     """Measure every cell of a sweep file; ``overrides`` replace [latency] keys (None = keep)."""
-    spec, cells, prompts = prepare(config)
-    protocols = _protocols(spec.latency, overrides)
+    spec, cells, prompts = prepare(config, threads)
+    protocols = _protocols(spec.latency, overrides, spec.batch_size)
     with open_store(Path(run_dir) if run_dir else default_run_dir(spec)) as store:
         store.set_meta("environment", fingerprint())
         store.add_cells(cells, {})

@@ -13,12 +13,20 @@ use ``time.perf_counter``.
 
 Memory, three kinds, never mixed: on CUDA ``allocated`` and ``reserved`` peaks from the
 caching allocator (reset at each stage boundary) and ``nvml_used`` (device-wide memory in use
-by every process, from NVML, read at the end of each stage); on CPU the process's peak
-resident set size (Linux VmHWM, reset at each stage boundary through /proc/self/clear_refs).
+by every process, from NVML, read at the end of each stage); on CPU the process's resident set
+size. A process's RSS rarely falls when memory is freed (malloc keeps freed pages), so every
+stage would show the same peak; at each CPU stage boundary the tracker first hands freed heap
+pages back to the OS (glibc ``malloc_trim``), then resets the peak (Linux VmHWM, through
+/proc/self/clear_refs), and records per stage ``rss_peak_bytes`` (the peak RSS within the stage)
+and ``rss_growth_bytes`` (that peak minus the RSS when the stage began: what the stage itself
+needed). Where the peak cannot be reset, it records ``rss_peak_since_start_bytes`` and
+``rss_delta_bytes`` (RSS at the stage's end minus at its start) instead: the names say which.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -217,6 +225,16 @@ def _vm_hwm_bytes() -> int | None:
     return None
 
 
+def _vm_rss_bytes() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def _reset_hwm() -> bool:
     try:
         _CLEAR_REFS.write_text("5")  # Linux: reset the peak RSS counter (VmHWM) to current RSS
@@ -225,22 +243,62 @@ def _reset_hwm() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only; elsewhere freed pages stay counted
+    except (OSError, AttributeError):
+        return None
+
+
+def _trim() -> None:
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class CpuMemoryTracker(_PeakTracker):
-    """Per-stage peak resident set size of this process (Linux VmHWM)."""
+    """Per-stage peak resident set size of this process and its growth over the stage's start."""
 
     def __init__(self) -> None:
         super().__init__()
         self.resettable = _reset_hwm()
-        # Where the counter cannot be reset, say so in the label rather than mislabel the figure.
+        # Where the counter cannot be reset, say so in the names rather than mislabel the figures.
         self._label = "rss_peak_bytes" if self.resettable else "rss_peak_since_start_bytes"
+        self._growth_label = "rss_growth_bytes" if self.resettable else "rss_delta_bytes"
+        self._growth: dict[str, int] = {}
 
     def _reset(self) -> None:
+        _trim()
         if self.resettable:
             _reset_hwm()
 
     def _read(self) -> dict[str, int]:
         value = _vm_hwm_bytes()
         return {} if value is None else {self._label: value}
+
+    def _enter(self, name: str) -> object:
+        super()._enter(name)
+        return _vm_rss_bytes()  # after the trim and reset: what the stage starts from
+
+    def _exit(self, name: str, token: object) -> None:
+        super()._exit(name, token)
+        if token is None:
+            return
+        if self.resettable:
+            end = self.peaks[name].get(self._label)
+        else:
+            _trim()
+            end = _vm_rss_bytes()
+        if end is not None:
+            self._growth[name] = max(self._growth.get(name, 0), end - int(token))
+
+    def results(self) -> dict[str, dict[str, int]]:
+        """Peak bytes (and growth over the stage's start) per stage name and memory kind."""
+        out = super().results()
+        for name, growth in self._growth.items():
+            out.setdefault(name, {})[self._growth_label] = growth
+        return out
 
 
 def memory_tracker(device: str | torch.device) -> CudaMemoryTracker | CpuMemoryTracker:

@@ -235,7 +235,9 @@ def conventions(runs: Sequence[RunData], cells: pd.DataFrame) -> list[str]:
                      "(total edits / total reference words or characters).")
     if refs:
         notes.append("FAD/KAD reference: " + "; ".join(f"{name} (id {rid})" for name, rid in refs) + ".")
-    units = sorted(set(cells["latency_unit"].dropna()))
+    # "ms per call of 1" reads oddly: name the batch ("ms per call (1 sample)").
+    units = sorted({re.sub(r"^ms per call of (\d+)$", lambda m: f"ms per call ({m[1]} sample{'' if m[1] == '1' else 's'})", u)
+                    for u in cells["latency_unit"].dropna()})
     notes.append(f"Latency: median (p50) and p90 in {' / '.join(units) or 'no unit: not measured'} (bench: "
                  "timed whole-pipeline calls at the smallest measured batch; run: generation timings per "
                  "sample); RTF = compute seconds per second of audio.")

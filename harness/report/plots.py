@@ -26,6 +26,8 @@ SPEECH_METRICS = ("wer", "cer")
 MEMORY_KINDS = {
     "rss_peak": "peak RSS (MiB)", "allocated_peak": "peak allocated (MiB)",
     "reserved_peak": "peak reserved (MiB)", "nvml_used": "NVML used (MiB)", "weights": "weights (MiB)",
+    "rss_growth": "RSS growth over the stage's start (MiB)",
+    "rss_peak_since_start": "peak RSS since process start (MiB)", "rss_delta": "RSS change over the stage (MiB)",
 }
 LATENCY = f"latency_ms:{TOTAL}:p50"
 _SAVE = {"dpi": 110, "metadata": {"Software": None}, "bbox_inches": "tight"}

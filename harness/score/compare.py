@@ -64,7 +64,8 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
                   embedders: str | Sequence[str] = ("mel",), *, clap_model: str | None = None,
                   weights: dict[str, str] | None = None,
                   device: str = "cpu", permutations: int = 999, bootstrap: int = 2000, seed: int = 0,
-                  cache_dir: str | Path | None = None, follow_external_links: bool = False) -> CompareResult:
+                  cache_dir: str | Path | None = None, follow_external_links: bool = False,
+                  progress: bool = False) -> CompareResult:
     """Paired tests of cell A against cell B (unique id prefixes accepted); see the module docstring."""
     root = Path(run_dir)
     with read_store(root) as store:
@@ -83,7 +84,10 @@ def compare_cells(run_dir: str | Path, cell_a: str, cell_b: str, reference: str,
     rows = [p["a"] for p in pairs] + [p["b"] for p in pairs]
     require_intact_audio(root, rows)
     paths = [inside_run(root, r["audio_path"]) for r in rows] + ref_paths
-    emb = embed_sources([AudioSource(str(p), clip_loader(p)) for p in paths], built, cache)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(paths), desc="embedding", unit="clip", disable=not progress) as bar:
+        emb = embed_sources([AudioSource(str(p), clip_loader(p)) for p in paths], built, cache, progress=bar.update)
     if emb.errors:
         raise ScoreError(f"{len(emb.errors)} clip(s) could not be embedded, e.g. {next(iter(emb.errors.values()))}")
     result = CompareResult(a, b, reference, len(pairs))

@@ -43,8 +43,8 @@ def resolve_cell(prefix: str, cell_ids: Sequence[str]) -> str:
     """The one cell id starting with ``prefix``, or an error naming the candidates."""
     matches = [c for c in cell_ids if c.startswith(prefix)]
     if len(matches) != 1:
-        what = "no cell" if not matches else f"{len(matches)} cells"
-        raise ReferenceError(f"{what} of this run match {prefix!r}; cells: {', '.join(sorted(cell_ids)) or 'none'}")
+        what = "no cell of this run matches" if not matches else f"{len(matches)} cells of this run match"
+        raise ReferenceError(f"{what} {prefix!r}; cells: {', '.join(sorted(cell_ids)) or 'none'}")
     return matches[0]
 
 

@@ -305,13 +305,15 @@ def _score_locked(store: RunStore, reference: str, jobs: list[_Job], proto, devi
             bar.close()
     ref.finish(emb.keys, emb.errors)
 
+    from tqdm.auto import tqdm
+
     rows: list[dict[str, Any]] = []
-    for cell_id in wanted:
-        if cell_id not in groups:
-            continue
-        for job, e in zip(jobs, built):
-            rows += _score_cell(cell_id, groups[cell_id], e, job, emb, cache, ref,
-                                groups.get(ref.cell_id) if ref.cell_id else None, bootstrap, confidence, seed)
+    # After embedding, metrics and their bootstrap CIs take minutes on large runs: a bar with ETA.
+    work = [(c, job, e) for c in wanted if c in groups for job, e in zip(jobs, built)]
+    for cell_id, job, e in tqdm(work, desc=f"metrics ({bootstrap} bootstrap resamples)", unit="cell x embedder",
+                                disable=not progress, dynamic_ncols=True):
+        rows += _score_cell(cell_id, groups[cell_id], e, job, emb, cache, ref,
+                            groups.get(ref.cell_id) if ref.cell_id else None, bootstrap, confidence, seed)
     for r in rows:
         r["details"] = _json_safe(r["details"])
     store.write_metrics(rows)
@@ -456,6 +458,7 @@ def print_scores(result: ScoreResult) -> None:
         q = f", {result.quarantined} file(s) quarantined" if result.quarantined else ""
         console.print(f"reference manifest{q}: {result.reference_report}", highlight=False, soft_wrap=True)
     computed = ", ".join(f"{k} {v}" for k, v in sorted(result.computed.items())) or "none"
-    console.print(f"reference {result.reference} (id {result.reference_id[:12]}); embeddings computed: "
+    label = result.reference.replace(":", ": ", 1)  # "folder: /path", "cell: <id>"
+    console.print(f"reference {label} (id {result.reference_id[:12]}); embeddings computed: "
                   f"{computed}; read from cache: {sum(result.cached.values())} ({result.cache_dir})",
                   highlight=False, soft_wrap=True)

@@ -41,11 +41,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.hub import missing_weights_message
+from harness.hub import missing_weights_message, offline, reachable
 from harness.score.embed._torch import state_dict_sha256
 from harness.score.embed.audio import RESAMPLER, peak_normalize
 from harness.score.embed.registry import Embedder, EmbedderError, register
@@ -117,10 +118,17 @@ def load_clap(model: str, revision: str | None) -> tuple[Any, Any, Any]:
     """(ClapModel, tokenizer, ClapFeatureExtractor) from a hub id or a local folder."""
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
+    def load(local_only: bool):
+        return tuple(cls.from_pretrained(model, revision=revision, local_files_only=local_only)
+                     for cls in (ClapModel, AutoTokenizer, ClapFeatureExtractor))
+
+    try:  # the cache (or a folder) first: no network round trip when the model is already here
+        return load(local_only=True)
+    except (OSError, ValueError) as err:
+        if offline() or Path(model).is_dir() or not reachable():  # fail now, not after minutes of retries
+            raise _missing_clap_error(model, revision, err) from err
     try:
-        return (ClapModel.from_pretrained(model, revision=revision),
-                AutoTokenizer.from_pretrained(model, revision=revision),
-                ClapFeatureExtractor.from_pretrained(model, revision=revision))
+        return load(local_only=False)
     except (OSError, ValueError) as err:
         raise _missing_clap_error(model, revision, err) from err
 
