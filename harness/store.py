@@ -647,15 +647,8 @@ def writer_lock(run_dir: str | Path) -> Iterator[None]:
 def open_store(run_dir: str | Path) -> Iterator[RunStore]:
     """The run folder's store (created if needed), held under the writer lock for the duration."""
     with writer_lock(run_dir):
-        store = RunStore(run_dir)
-        try:
+        with _closing_naming_the_file(RunStore(run_dir)) as store:
             yield store
-        except sqlite3.IntegrityError:
-            raise  # a constraint the code broke, not a damaged file
-        except sqlite3.DatabaseError as err:
-            raise database_error(store.root / DATABASE, err) from err
-        finally:
-            store.close()
 
 
 def require_run_folder(run_dir: str | Path) -> Path:
@@ -670,7 +663,13 @@ def require_run_folder(run_dir: str | Path) -> Path:
 @contextmanager
 def read_store(run_dir: str | Path) -> Iterator[RunStore]:
     """An existing run folder's store, read-only and without the writer lock."""
-    store = RunStore.read_only(require_run_folder(run_dir))
+    with _closing_naming_the_file(RunStore.read_only(require_run_folder(run_dir))) as store:
+        yield store
+
+
+@contextmanager
+def _closing_naming_the_file(store: RunStore) -> Iterator[RunStore]:
+    """Close ``store`` at the end; a database error inside names the file and the way out."""
     try:
         yield store
     except sqlite3.IntegrityError:

@@ -31,6 +31,11 @@ def fake_run(root: Path, name: str, calls_ms: list[float], env: dict | None = No
     from harness.spec import expand, parse_spec
     from harness.store import RunStore
 
+    if checkpoint.startswith("/"):  # a local folder (names may carry markup): it must exist to be a checkpoint
+        folder = root / checkpoint.lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model_index.json").write_text('{"_class_name": "AudioLDM2Pipeline"}')
+        checkpoint = str(folder)
     spec = parse_spec({"name": name, "checkpoints": [checkpoint], "schedulers": ["ddim"], "steps": [3],
                        "audio_lengths_s": [1.0], "seeds": [0], "device": "cpu",
                        "prompts": {"set": "smoke"}})

@@ -15,10 +15,8 @@ every metric row stores it, so numbers from different weights or settings never 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import cached_property
@@ -27,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.plugins import import_modules
 
 __all__ = ["Embedder", "EmbedderError", "available", "describe_all", "get_embedder", "options_of", "register"]
 
@@ -144,11 +143,7 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import harness.score.embed as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _INFRASTRUCTURE and not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    import_modules("harness.score.embed", _INFRASTRUCTURE)
     _discovered = True
 
 

@@ -22,14 +22,13 @@ with the same prompts (its rows are the same (prompt, seed) pairs).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from harness.plugins import import_modules
 from harness.score.metrics.bootstrap import bootstrap_ci, set_metric_ci
 
 __all__ = ["NEEDS", "Metric", "MetricData", "MetricValue", "available_metrics", "get_metric", "register"]
@@ -229,11 +228,7 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import harness.score.metrics as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _INFRASTRUCTURE and not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    import_modules("harness.score.metrics", _INFRASTRUCTURE)
     _discovered = True
 
 

@@ -8,10 +8,10 @@ print it beside the figure.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness.plugins import import_modules
 
 __all__ = ["Protocol", "ProtocolEntry", "available_protocols", "get_protocol"]
 
@@ -55,11 +55,9 @@ class Protocol:
 
 
 def _modules() -> dict[str, Protocol]:
-    import harness.score.protocols as package
-
     found = {}
-    for info in pkgutil.iter_modules(package.__path__):
-        proto = getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "PROTOCOL", None)
+    for module in import_modules("harness.score.protocols"):
+        proto = getattr(module, "PROTOCOL", None)
         if isinstance(proto, Protocol):
             found[proto.name] = proto
     return found
