@@ -143,9 +143,10 @@ def _cli(*args, **kwargs):
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_result(make_sweep, tmp_path):
-    config = make_sweep(schedulers=["ddim", "euler-ancestral"], seeds=[0, 1, 2], steps=[4], batch_size=2)
+    # Enough work (24 samples, 12 steps) that the kill lands mid-run even on a fast, idle machine.
+    config = make_sweep(schedulers=["ddim", "euler-ancestral"], seeds=[0, 1, 2, 3, 4, 5], steps=[12], batch_size=2)
     reference = run_sweep(config, tmp_path / "reference", progress=False)
-    assert reference.report.done == 12
+    assert reference.report.done == 24
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", config, "--run-dir", str(run_dir),
                              "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -155,7 +156,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(make_sweep, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = _safe_hashes(run_dir)
-    assert 5 <= len(partial) < 12, "the kill must land mid-run"
+    assert 5 <= len(partial) < 24, "the kill must land mid-run"
     resumed = run_sweep(config, run_dir, progress=False)
     assert resumed.skipped == len(partial)
     assert _hashes(run_dir) == _hashes(tmp_path / "reference")
