@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.plugins import import_modules
+from harness.plugins import add, import_modules
 
 __all__ = ["Embedder", "EmbedderError", "available", "describe_all", "get_embedder", "options_of", "register"]
 
@@ -130,12 +130,7 @@ def register(cls: E) -> E:
     """Class decorator: add an ``Embedder`` subclass to the registry under ``cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, Embedder)):
         raise TypeError(f"{cls!r} is not an Embedder subclass")
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__name__} needs a non-empty class attribute 'name'")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise TypeError(f"embedder name {name!r} is taken by {_REGISTRY[name].__qualname__}")
-    _REGISTRY[name] = cls
+    add(_REGISTRY, cls, "embedder")
     return cls
 
 

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from harness.plugins import import_modules
+from harness.plugins import add, import_modules
 from harness.score.metrics.bootstrap import bootstrap_ci, set_metric_ci
 
 __all__ = ["NEEDS", "Metric", "MetricData", "MetricValue", "available_metrics", "get_metric", "register"]
@@ -212,15 +212,10 @@ M = TypeVar("M", bound=type[Metric])
 
 def register(cls: M) -> M:
     """Class decorator: add a ``Metric`` subclass to the registry under ``cls.name``."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__name__} needs a non-empty class attribute 'name'")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise TypeError(f"metric name {name!r} is taken by {_REGISTRY[name].__qualname__}")
     unknown = set(cls.needs) - set(NEEDS)
     if unknown or cls.kind not in ("set", "mean"):
         raise TypeError(f"{cls.__name__}: bad needs {sorted(unknown)} or kind {cls.kind!r}")
-    _REGISTRY[name] = cls
+    add(_REGISTRY, cls, "metric")
     return cls
 
 
