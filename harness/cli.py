@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--min-duration", type=float, default=0.5, help="reference clips shorter than this are quarantined")
     _add_reference_options(sc)
     sc.add_argument("--device", default="cpu", help="device for model embedders: cpu, cuda[:N] or auto")
+    _add_threads(sc, sweep=False)
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
     sc.set_defaults(func=_cmd_score)
 
@@ -138,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=8, help="clips per Whisper call")
     tr.add_argument("--cache-dir", help="transcript cache folder (default $AUDIOLDM2_HARNESS_CACHE/transcripts)")
     tr.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto")
+    _add_threads(tr, sweep=False)
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_transcribe)
 
@@ -164,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_reference_options(cmp)
     _add_weights_options(cmp)
     cmp.add_argument("--device", default="cpu", help="device for model embedders")
+    _add_threads(cmp, sweep=False)
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
 
@@ -172,15 +175,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_threads(parser) -> None:
+def _add_threads(parser, sweep: bool = True) -> None:
+    default = "the sweep's threads, else torch's default" if sweep else "torch's default"
     parser.add_argument("--threads", type=int,
-                        help="torch CPU threads (default: the sweep's threads, else torch's default of one per "
-                             "core); set 1 on a shared or loaded machine; recorded in the run's environment")
+                        help=f"torch CPU threads (default: {default} of one per core); set 1 on a shared or "
+                             "loaded machine" + ("; recorded in the run's environment" if sweep else ""))
 
 
 def _check_threads(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's threads for a scoring command (score, transcribe, compare) from --threads."""
+    from harness.generate.runtime import apply_threads
+
+    _check_threads(args)
+    apply_threads(args.threads)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -369,6 +381,7 @@ def _cmd_reference_synth(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from harness.score.scoring import print_scores, score_run
 
+    _apply_threads(args)
     result = score_run(args.run_dir, args.reference, args.embedder, clap_model=args.clap_model, weights=_weights(args),
                        device=args.device, bootstrap=args.bootstrap, confidence=args.confidence,
                        cells=args.cells.split(",") if args.cells else None,
@@ -395,6 +408,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     from harness.score.asr.transcribe import print_transcribed, transcribe_run
     from harness.score.asr.whisper import DEFAULT_ASR_MODEL
 
+    _apply_threads(args)
     result = transcribe_run(args.run_dir, args.model or DEFAULT_ASR_MODEL, revision=args.revision,
                             device=args.device, batch_size=args.batch_size, bootstrap=args.bootstrap,
                             confidence=args.confidence, cache_dir=args.cache_dir, progress=not args.no_progress)
@@ -436,6 +450,7 @@ def _weights(args: argparse.Namespace) -> dict[str, str]:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.score.compare import compare_cells, print_comparison
 
+    _apply_threads(args)
     print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
                                    clap_model=args.clap_model, weights=_weights(args), device=args.device,
                                    permutations=args.permutations, bootstrap=args.bootstrap,

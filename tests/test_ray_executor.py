@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+import torch
 
 from harness.generate.run import run_sweep
 
@@ -28,6 +29,57 @@ def test_executor_ray_without_ray_says_how_to_install(make_sweep, monkeypatch, c
     assert "pip install 'audioldm2-harness[ray]'" in capsys.readouterr().err
     assert main(["run", make_sweep(), "--workers", "2"]) == 2
     assert "--address and --workers need --executor ray" in capsys.readouterr().err
+
+
+class _FakeRay:
+    """Just enough of ray for the executor's resource arithmetic."""
+
+    def __init__(self, cpus: int) -> None:
+        self.cpus = cpus
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": float(self.cpus)}
+
+
+@pytest.mark.parametrize("threads, cpus, expected", [(None, 4, ({"num_cpus": 1}, 4)), (2, 5, ({"num_cpus": 2}, 2)),
+                                                     (4, 4, ({"num_cpus": 4}, 1))])
+def test_cpu_actors_reserve_one_cpu_per_torch_thread(monkeypatch, threads, cpus, expected):
+    from harness.generate.ray import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(cpus))
+    executor = RayExecutor(store=None, threads=threads)  # type: ignore[arg-type]
+    assert executor._actor_options({"cpu"}) == expected
+
+
+def test_more_threads_per_actor_than_the_cluster_has_is_refused(monkeypatch):
+    from harness.generate.ray import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(2))
+    with pytest.raises(ValueError, match="threads = 3 per actor, but the Ray cluster has 2 CPU"):
+        RayExecutor(store=None, threads=3)._actor_options({"cpu"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cli_threads, expected", [(None, 1), (2, 2)])
+def test_run_sweep_gives_ray_actors_the_sweeps_threads(make_sweep, monkeypatch, tmp_path, cli_threads, expected):
+    import harness.generate.ray as ray_executor
+    from harness.generate.local import ExecutionReport
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+
+        def run(self, batches):
+            return ExecutionReport()
+
+    monkeypatch.setattr(ray_executor, "RayExecutor", Recorder)
+    before = torch.get_num_threads()
+    try:
+        run_sweep(make_sweep(threads=1), tmp_path / "run", progress=False, executor="ray", threads=cli_threads)
+    finally:
+        torch.set_num_threads(before)
+    assert seen["threads"] == expected
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,35 @@ def test_fad_extras_match_an_independent_computation():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # stored rounded to 6 decimals
     assert extras["fad_inf"]["value"] == fad_inf(x, y, seed=0).value
     assert "skipped" in fad_extras(x[:10], y, keys[:10])["fad_inf"]
+
+
+@pytest.mark.parametrize("command, module, function", [
+    (["score", "RUN", "--reference", "REF"], "harness.score.scoring", "score_run"),
+    (["transcribe", "RUN"], "harness.score.asr.transcribe", "transcribe_run"),
+    (["compare", "RUN", "a", "b", "--reference", "REF"], "harness.score.compare", "compare_cells"),
+])
+def test_scoring_commands_set_torch_threads_before_they_score(monkeypatch, capsys, command, module, function):
+    """--threads on score, transcribe and compare is applied before any model runs; 0 is refused."""
+    import importlib
+
+    import torch
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(importlib.import_module(module), function, record)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(Stop):
+            main([*command, "--threads", "2"])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2]
+    assert main([*command, "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err and seen == [2]

@@ -78,7 +78,7 @@ class RayExecutor:
     def __init__(self, store: RunStore, batch_size: int = 1, conditioning_cache: bool = True,
                  allow_unsafe_schedulers: bool = False, on_sample: Callable[[WorkItem], None] | None = None,
                  address: str | None = None, workers: int | None = None, max_attempts: int = 3,
-                 on_dispatch: Callable[[Any, Batch], None] | None = None) -> None:
+                 on_dispatch: Callable[[Any, Batch], None] | None = None, threads: int | None = None) -> None:
         self.ray = import_ray()
         self.store = store
         self.batch_size = batch_size
@@ -89,6 +89,7 @@ class RayExecutor:
         self.workers = workers
         self.max_attempts = max_attempts
         self.on_dispatch = on_dispatch or (lambda actor, batch: None)
+        self.threads = threads  # torch threads per CPU actor, each reserving as many CPUs (default 1)
         self.actors_started = 0
         self.actors_lost = 0
 
@@ -120,12 +121,16 @@ class RayExecutor:
                 raise ValueError("the sweep runs on CUDA but the Ray cluster has no GPU; use device = 'cpu' "
                                  "or a cluster with GPUs")
             return {"num_gpus": 1}, gpus
-        cpus = int(resources.get("CPU", 1))
-        return {"num_cpus": 1}, max(1, min(self.workers or cpus, cpus))
+        per_actor, cpus = self.threads or 1, int(resources.get("CPU", 1))
+        if per_actor > cpus:  # such an actor would wait for resources forever
+            raise ValueError(f"threads = {per_actor} per actor, but the Ray cluster has {cpus} CPU(s); "
+                             f"use --threads {cpus} or fewer")
+        fits = cpus // per_actor
+        return {"num_cpus": per_actor}, min(self.workers or fits, fits)
 
     def _start_actor(self, options: dict[str, Any]):
         actor_cls = self.ray.remote(BatchWorker)
-        threads = None if options.get("num_gpus") else 1
+        threads = self.threads if options.get("num_gpus") else options["num_cpus"]
         self.actors_started += 1
         return actor_cls.options(max_restarts=0, max_task_retries=0, **options).remote(
             self.conditioning_cache, self.allow_unsafe, threads

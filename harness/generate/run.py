@@ -71,10 +71,13 @@ def run_sweep(config: str | Path, run_dir: str | Path | None = None, *, retry_fa
     run_dir = Path(run_dir) if run_dir else default_run_dir(spec)
     if shard is not None and not run_dir_given:
         run_dir = run_dir / shard.dirname
+    executor_options = dict(executor_options or {})
+    if executor == "ray":  # actors set their own torch threads: the same setting as this process
+        executor_options.setdefault("threads", threads if threads is not None else spec.threads)
     with open_store(run_dir) as store:
         return _run_locked(spec, Path(config), cells, prompts, store, retry_failed,
                            batch_size or spec.batch_size, conditioning_cache, progress, shard,
-                           executor, executor_options or {}, async_writes)
+                           executor, executor_options, async_writes)
 
 
 def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_size,
