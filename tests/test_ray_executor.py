@@ -122,6 +122,10 @@ def test_ray_run_with_a_killed_actor_equals_a_local_run(ray_cluster, make_sweep,
                        executor_options={"workers": 2, "on_dispatch": kill_the_first_actor_mid_batch})
     assert (result.report.done, result.report.failed) == (12, 0)
     assert _hashes(tmp_path / "ray") == _hashes(tmp_path / "local")
+    # the duty cycle shares the actors' call seconds over wall x 2 actors; no driver-side NVML figure
+    duty = result.duty
+    assert duty["workers"] == 2 and 0 < duty["duty_cycle"] <= 1 and duty["gpu_utilization_mean"] is None
+    assert duty["call_seconds"] > 0 and duty["setup_seconds"] > 0
     assert local.report.done == 12
     actors = {a for a, _, _ in dispatched}
     assert len(dispatched) == 7  # 6 batches + the one retried after the kill

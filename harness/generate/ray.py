@@ -65,11 +65,12 @@ class BatchWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, batch: Batch) -> tuple[list[tuple[SampleRecord, Any, int]], dict[str, str]]:
-        """Generate one batch; return (record, audio, sample rate) per todo sample and cell errors."""
+    def run(self, batch: Batch) -> tuple[list[tuple[SampleRecord, Any, int]], dict[str, str], float, float]:
+        """Generate one batch; return (record, audio, sample rate) per todo sample, cell errors, and
+        the seconds spent in pipeline calls and in cell set-up (for the run's duty cycle)."""
         self.collector.results = []
         report = self.executor.run([batch])
-        return self.collector.results, report.cell_errors
+        return self.collector.results, report.cell_errors, report.call_seconds, report.setup_seconds
 
 
 class RayExecutor:
@@ -92,6 +93,7 @@ class RayExecutor:
         self.threads = threads  # torch threads per CPU actor, each reserving as many CPUs (default 1)
         self.actors_started = 0
         self.actors_lost = 0
+        self.slots = 0  # actors working at once (a dead one is replaced): the duty cycle's denominator
 
     # --- cluster -------------------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class RayExecutor:
         try:
             options, count = self._actor_options({b.cell.device for b in batches})
             actors = [self._start_actor(options) for _ in range(min(count, len(batches)))]
+            self.slots = len(actors)
             self._dispatch(deque((b, 1) for b in batches), actors, options, report)
         finally:
             if started:
@@ -172,7 +175,7 @@ class RayExecutor:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             actor, batch, attempt = pending.pop(ref)
             try:
-                results, cell_errors = ray.get(ref)
+                results, cell_errors, call_seconds, setup_seconds = ray.get(ref)
             except ray.exceptions.RayActorError as err:
                 self.actors_lost += 1
                 idle.append(self._start_actor(options))  # replace the dead actor
@@ -187,6 +190,8 @@ class RayExecutor:
                 self._fail(batch, f"{type(err).__name__}: {str(err).splitlines()[0]}", report, written)
                 continue
             idle.append(actor)
+            report.call_seconds += call_seconds
+            report.setup_seconds += setup_seconds
             report.cell_errors.update(cell_errors)
             if cell_errors:
                 self._skip(batch)

@@ -112,8 +112,12 @@ def _run_locked(spec, config_path, cells, prompts, store, retry_failed, batch_si
     finally:
         bar.close()
     duty = None
-    if todo and isinstance(executor, LocalExecutor):  # Ray actors overlap: calls over wall means nothing there
-        duty = duty_cycle(report.call_seconds, time.perf_counter() - start, report.setup_seconds, gpu.mean())
+    if todo:
+        # Ray actors work side by side, each on its own device: their calls are shared out over
+        # wall x actors, and the driver's NVML sees none of their GPUs.
+        workers = getattr(executor, "slots", 1) or 1
+        duty = duty_cycle(report.call_seconds, time.perf_counter() - start, report.setup_seconds,
+                          gpu.mean() if isinstance(executor, LocalExecutor) else None, workers)
         store.set_meta("duty_cycle", duty)
     return RunResult(store.root, cells, todo, skipped, report, shard_note, duty, damaged)
 
@@ -131,13 +135,14 @@ def _drop_damaged(store, cells: list[Cell]) -> list[str]:
 
 
 def duty_cycle(call_seconds: float, wall_seconds: float, setup_seconds: float,
-               gpu_utilization: float | None) -> dict[str, float | None]:
-    """How busy generation kept the device: pipeline-call seconds over the sweep's wall seconds
-    (and over wall seconds less per-cell set-up: loading pipelines, swapping schedulers), with
-    NVML's mean utilisation on CUDA."""
-    busy_wall = max(wall_seconds - setup_seconds, 1e-9)
+               gpu_utilization: float | None, workers: int = 1) -> dict[str, float | None]:
+    """How busy generation kept the devices: pipeline-call seconds over the sweep's wall seconds
+    times the workers generating at once (and over that less per-cell set-up: loading pipelines,
+    swapping schedulers), with NVML's mean utilisation on CUDA."""
+    capacity = wall_seconds * workers
+    busy_wall = max(capacity - setup_seconds, 1e-9)
     return {"call_seconds": call_seconds, "wall_seconds": wall_seconds, "setup_seconds": setup_seconds,
-            "duty_cycle": call_seconds / max(wall_seconds, 1e-9),
+            "workers": workers, "duty_cycle": call_seconds / max(capacity, 1e-9),
             "duty_cycle_without_setup": min(call_seconds / busy_wall, 1.0),
             "gpu_utilization_mean": gpu_utilization}
 

@@ -53,8 +53,9 @@ def print_summary(result: RunResult) -> None:
     )
     if result.duty:
         d = result.duty
+        across = f" x {d['workers']} workers" if d.get("workers", 1) > 1 else ""
         console.print(f"duty cycle {d['duty_cycle']:.3f} (pipeline calls {d['call_seconds']:.1f} s of "
-                      f"{d['wall_seconds']:.1f} s wall; {d['duty_cycle_without_setup']:.3f} without "
+                      f"{d['wall_seconds']:.1f} s wall{across}; {d['duty_cycle_without_setup']:.3f} without "
                       f"{d['setup_seconds']:.1f} s of cell set-up (loading pipelines, swapping schedulers)"
                       + (f"; GPU utilisation {d['gpu_utilization_mean']:.0f}%" if d["gpu_utilization_mean"] is not None
                          else "") + ")", highlight=False)
