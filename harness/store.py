@@ -447,13 +447,15 @@ class RunStore:
 
 VERDICTS_FILE = "verified-audio.sqlite"  # in the harness cache folder
 _RECENT_NS = 2_000_000_000  # files changed this recently are hashed every time (coarse mtime clocks)
+VERDICT_MAX_AGE_S = 30 * 86400  # verdicts older than this are dropped (their files hashed once more)
 
 
 class _Verdicts:
     """Files whose sha256 matched, by (real path, size, mtime_ns, inode, sha256): in memory, and
     in ``<harness cache>/verified-audio.sqlite`` so that later commands (``run`` resuming,
     ``score``, ``report``) skip hashing files that did not change. Only a cache: when it cannot
-    be opened or written, files are simply hashed again."""
+    be opened or written, files are simply hashed again. Each process that opens the file drops
+    verdicts older than ``VERDICT_MAX_AGE_S``, so runs deleted long ago do not grow it forever."""
 
     def __init__(self) -> None:
         self.memory: set[tuple] = set()
@@ -472,9 +474,14 @@ class _Verdicts:
                 db = sqlite3.connect(root / VERDICTS_FILE, timeout=5, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=OFF")  # a lost verdict only costs a hash
+                columns = [row[1] for row in db.execute("PRAGMA table_info(verified)")]
+                if columns and "added_s" not in columns:  # a cache from before pruning: start afresh
+                    db.execute("DROP TABLE verified")
                 db.execute("CREATE TABLE IF NOT EXISTS verified (path TEXT, size INTEGER, mtime_ns INTEGER, "
-                           "inode INTEGER, sha256 TEXT, PRIMARY KEY (path, size, mtime_ns, inode, sha256)) "
-                           "WITHOUT ROWID")
+                           "inode INTEGER, sha256 TEXT, added_s REAL, "
+                           "PRIMARY KEY (path, size, mtime_ns, inode, sha256)) WITHOUT ROWID")
+                with db:
+                    db.execute("DELETE FROM verified WHERE added_s < ?", (time.time() - VERDICT_MAX_AGE_S,))
                 self.db = db
             except (OSError, sqlite3.Error):
                 self.db = None
@@ -509,7 +516,9 @@ class _Verdicts:
         if db is not None:
             try:
                 with db:
-                    db.executemany("INSERT OR IGNORE INTO verified VALUES (?,?,?,?,?)", pending)
+                    now = time.time()
+                    db.executemany("INSERT OR IGNORE INTO verified VALUES (?,?,?,?,?,?)",
+                                   [(*key, now) for key in pending])
             except sqlite3.Error:
                 pass
 

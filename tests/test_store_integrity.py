@@ -293,3 +293,30 @@ def test_any_stored_path_is_refused_or_resolves_inside_the_audio_folder(tmp_path
         accepted += 1
         assert path.resolve().is_relative_to(audio), rel
     assert accepted > 20 and refused > 20
+
+
+def test_old_verdicts_are_pruned_and_a_cache_from_before_pruning_starts_afresh(tmp_path, monkeypatch):
+    import sqlite3
+    import time
+
+    monkeypatch.setenv("AUDIOLDM2_HARNESS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    path = tmp_path / "cache" / store_module.VERDICTS_FILE
+    old_schema = sqlite3.connect(path)  # the table as it was before verdicts carried a time
+    old_schema.execute("CREATE TABLE verified (path TEXT, size INTEGER, mtime_ns INTEGER, inode INTEGER, "
+                       "sha256 TEXT, PRIMARY KEY (path, size, mtime_ns, inode, sha256)) WITHOUT ROWID")
+    old_schema.execute("INSERT INTO verified VALUES ('/x', 1, 1, 1, 'a')")
+    old_schema.commit()
+    old_schema.close()
+    fresh, stale = ("/fresh.wav", 10, 1, 2, "f"), ("/stale.wav", 10, 1, 3, "s")
+    verdicts = store_module._Verdicts()
+    assert not verdicts.known(("/x", 1, 1, 1, "a"))  # the old table was dropped, not misread
+    verdicts.add(fresh)
+    verdicts.add(stale)
+    verdicts.flush()
+    with verdicts.db:
+        verdicts.db.execute("UPDATE verified SET added_s = ? WHERE path = '/stale.wav'",
+                            (time.time() - store_module.VERDICT_MAX_AGE_S - 60,))
+    later = store_module._Verdicts()  # a later process opens the file and prunes it
+    assert later.known(fresh) and not later.known(stale)
+    assert later.db.execute("SELECT COUNT(*) FROM verified").fetchone()[0] == 1
