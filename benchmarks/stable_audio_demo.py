@@ -1,8 +1,8 @@
 """The stable-audio-metrics figures of a tiny run against a paired synthetic reference, with CIs.
 
-Until ``score --protocol stable-audio-metrics`` is wired (it needs issue 10's metric and protocol
-registries), this shows the figures end to end with the tiny embedders (random weights: the
-numbers only show that the pipeline runs and what it costs, not quality):
+``score --protocol stable-audio-metrics`` computes these figures on any run; this script shows them
+end to end with the tiny embedders and adds the seconds per clip each model takes (random
+weights: the numbers only show that the pipeline runs and what it costs, not quality):
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/stable_audio_demo.py /tmp/sam-demo
 
