@@ -631,3 +631,25 @@ def test_markdown_never_says_pass_while_a_figure_is_inconclusive(tmp_path):
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
     junit(result, tmp_path / "w.xml")
     assert ET.parse(tmp_path / "w.xml").getroot().get("skipped") == "1"
+
+
+def test_a_quality_figure_is_matched_by_identity_when_its_name_differs(tmp_path):
+    """A run scored plainly and under a protocol names its two KL figures kl_softmax:pann#<id>;
+    a candidate scored only plainly names its one kl_softmax:pann. The gate matches the plain
+    pair by stem, embedder id and reference, and calls only the protocol figure missing."""
+    from harness.gate.compare import compare
+    from harness.gate.policy import load_policy
+
+    def kl(value, embedder_id):
+        samples = [value + 0.001 * i for i in range(8)]
+        return Figure(value, "lower", "", "difference", 8, samples=samples, keys=[str(i) for i in range(8)],
+                      reference_id="ref1", embedder_id=embedder_id)
+
+    base = _summary({"kl_softmax:pann#aaaa": kl(0.5, "pann-aaaa"), "kl_softmax:pann#bbbb": kl(0.7, "pann-bbbb")})
+    policy = load_policy(_policy(tmp_path, '[[rule]]\nfigure = "kl_softmax:*"\nmax_regression = "10%"\n'))
+    result = compare(base, _summary({"kl_softmax:pann": kl(0.5, "pann-aaaa")}), policy)
+    assert {v.figure: v.status for v in result.verdicts} == {"kl_softmax:pann#aaaa": "pass",
+                                                            "kl_softmax:pann#bbbb": "missing"}
+    # the plain name with another embedder is neither: both baseline figures are missing
+    other = compare(base, _summary({"kl_softmax:pann": kl(0.5, "pann-cccc")}), policy)
+    assert {v.status for v in other.verdicts} == {"missing"}

@@ -140,19 +140,41 @@ def compare(baseline: Summary, candidate: Summary, policy: Policy, allow_env_mis
         alpha /= max(len(gated), 1)
     for key, base_cell, name, base_fig, rule in gated:
         cand_cell = candidate.cells.get(key)
-        if cand_cell is None or name not in cand_cell.figures:
+        cand_fig = None if cand_cell is None else candidate_figure(cand_cell.figures, name, base_fig)
+        if cand_fig is None:
             where = "cell" if cand_cell is None else "figure"
             result.verdicts.append(Verdict(key, base_cell.label, name, "missing", base_fig.value,
                                            allowed=rule.describe(), test=f"{where} not in candidate"))
         else:
-            result.verdicts.append(judge(key, base_cell.label, name, base_fig, cand_cell.figures[name], rule, alpha,
-                                         intervals))
+            result.verdicts.append(judge(key, base_cell.label, name, base_fig, cand_fig, rule, alpha, intervals))
     if not result.verdicts:  # a gate that judged nothing must not pass
         names = sorted({n for c in baseline.cells.values() for n in c.figures})
         raise GateError(f"no figure was gated: no rule of the policy matches any of the baseline's {len(names)} "
                         f"figure name(s) ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
                         "fix the rules' figure patterns")
     return result
+
+
+def candidate_figure(figures: dict[str, Figure], name: str, base: Figure) -> Figure | None:
+    """The candidate's figure for the baseline's ``name``: by name, else by identity.
+
+    A quality figure's name gets ``@<reference>`` / ``#<embedder>`` suffixes only where one run
+    holds several rows of that metric and embedder (e.g. scored plainly and under a protocol), so
+    the same figure may be named differently in the baseline and the candidate; it is the same
+    figure when the stem, embedder identity and reference agree."""
+    if name in figures:
+        return figures[name]
+    if base.embedder_id is None:
+        return None
+    stem = _stem(name)
+    same = [f for n, f in figures.items() if _stem(n) == stem and f.embedder_id == base.embedder_id
+            and f.reference_id == base.reference_id]
+    return same[0] if len(same) == 1 else None
+
+
+def _stem(name: str) -> str:
+    """``metric:embedder`` without the ``@reference`` / ``#embedder`` suffixes."""
+    return name.split("@", 1)[0].split("#", 1)[0]
 
 
 def judge(cell: str, label: str, name: str, base: Figure, cand: Figure, rule: Rule, alpha: float,
