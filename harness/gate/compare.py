@@ -147,12 +147,21 @@ def compare(baseline: Summary, candidate: Summary, policy: Policy, allow_env_mis
                                            allowed=rule.describe(), test=f"{where} not in candidate"))
         else:
             result.verdicts.append(judge(key, base_cell.label, name, base_fig, cand_fig, rule, alpha, intervals))
+    if any(v.status == "regression" and v.test.startswith("Mann-Whitney") for v in result.verdicts):
+        result.notes.append(DRIFT_NOTE)
     if not result.verdicts:  # a gate that judged nothing must not pass
         names = sorted({n for c in baseline.cells.values() for n in c.figures})
         raise GateError(f"no figure was gated: no rule of the policy matches any of the baseline's {len(names)} "
                         f"figure name(s) ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
                         "fix the rules' figure patterns")
     return result
+
+
+# Per-call times of one run against another see the spread within each run, not the runner's
+# speed drifting between them (benchmarks/RESULTS.md: 4 of 20 identical runs failed that way on a
+# loaded machine; 0 of 20 against a 5-run baseline).
+DRIFT_NOTE = ("latency judged on per-call times of a one-run baseline: drift of the runner's speed between "
+              "runs is not counted; confirm with `gate-ab` (interleaved) or a baseline saved from 3 or more runs")
 
 
 def candidate_figure(figures: dict[str, Figure], name: str, base: Figure) -> Figure | None:
