@@ -424,15 +424,14 @@ def print_scores(result: ScoreResult) -> None:
     """Print the metric rows as a table, then notes (quarantine, skipped cells, cache use)."""
     from rich.table import Table
 
-    from harness.console import make_console
+    from harness.console import make_console, value_and_ci
 
     console = make_console()
     table = Table("cell", "metric", "embedder", "reference", "value", "CI", "n", "notes",
                   title="audioldm2-harness score")
     for r in result.rows:
         d = r["details"]
-        value = "-" if r["value"] is None else f"{r['value']:.4g}"
-        ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+        value, ci = value_and_ci(r)
         notes = [*d.get("degenerate", []), *d.get("caveats", [])]
         if d.get("n_failed"):
             notes.append(f"{d['n_failed']} failed")
