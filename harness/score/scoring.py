@@ -108,10 +108,15 @@ class ScoreResult:
         return sum(self.computed.values())
 
 
+def _name_list(spec: str | Sequence[str]) -> list[str]:
+    """``"a, b,a"`` or a list -> the stripped non-empty names, first occurrence of each kept."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return list(dict.fromkeys(s.strip() for s in items if s.strip()))
+
+
 def parse_embedders(spec: str | Sequence[str]) -> list[str]:
     """``"mel,clap"`` or a list -> validated names (order kept, duplicates dropped)."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    names = _name_list(spec)
     valid = available()
     bad = [n for n in names if n not in valid]
     if bad or not names:
@@ -122,8 +127,7 @@ def parse_embedders(spec: str | Sequence[str]) -> list[str]:
 
 def parse_metrics(spec: str | Sequence[str]) -> list[str]:
     """``"fad,kl_softmax"`` or a list -> validated registered metric names."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    names = _name_list(spec)
     valid = available_metrics()
     bad = [n for n in names if n not in valid]
     if bad or not names:
