@@ -38,7 +38,8 @@ def _clips(name: str) -> list[np.ndarray]:
     return [rng.normal(0, 0.1, n).astype(np.float32) for n in LENGTHS[name]]
 
 
-def _randomise_batch_norms(model: torch.nn.Module) -> None:
+def randomise_batch_norms(model: torch.nn.Module) -> None:
+    """Draw every BatchNorm2d's statistics and affine terms at random, so that they matter."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -62,7 +63,7 @@ def reference(out: Path) -> None:
     torch.manual_seed(0)
     cnn = pann.Cnn14_16k(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000,
                          classes_num=527).eval()
-    _randomise_batch_norms(cnn)
+    randomise_batch_norms(cnn)
     torch.save({"model": cnn.state_dict()}, out / "cnn14.pth")
     with torch.no_grad():
         np.save(out / "pann.npy", np.stack([cnn(torch.from_numpy(c[None]), None)["embedding"][0].numpy()

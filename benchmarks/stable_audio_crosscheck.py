@@ -98,19 +98,14 @@ def _reference_embeddings(folder: Path, model) -> list[np.ndarray]:
 def reference(out: Path) -> None:
     """Clips, a random torchopenl3 network, reference embeddings and FDs (run where torchopenl3 imports)."""
     import torch
+    from embedder_crosscheck import randomise_batch_norms  # a sibling script: benchmarks/ is sys.path[0]
     from torchopenl3.models import PytorchOpenl3
 
     out.mkdir(parents=True, exist_ok=True)
     _write_clips(out)
     torch.manual_seed(0)
     model = PytorchOpenl3(input_repr="mel256", content_type="env", embedding_size=512).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomise_batch_norms(model)
     torch.save(model.state_dict(), out / "torchopenl3_mel256_env_512.pth.tar")
     result, seconds = {}, {}
     for split in CLIPS:

@@ -157,6 +157,15 @@ def _unique(values: list, key: str) -> list:
     return values
 
 
+# The numeric axes of the grid: (low, high, low excluded); values outside and repeats are refused.
+_AXIS_BOUNDS = {
+    "steps": (1, MAX_STEPS, False),
+    "audio_lengths_s": (0, MAX_AUDIO_LENGTH_S, True),
+    "guidance_scales": (0, MAX_GUIDANCE, False),
+    "seeds": (0, MAX_SEED, False),
+}
+
+
 class SweepSpec(_Strict):
     """A whole sweep file: the grid, the prompts, the seeds and runtime settings."""
 
@@ -191,26 +200,11 @@ class SweepSpec(_Strict):
             return values
         return [{field: v} if isinstance(v, str) else v for v in values]
 
-    @field_validator("steps")
+    @field_validator(*_AXIS_BOUNDS)
     @classmethod
-    def _positive_steps(cls, values: list[int]) -> list[int]:
-        return _unique([_in_range(v, "steps", 1, MAX_STEPS) for v in values], "steps")
-
-    @field_validator("audio_lengths_s")
-    @classmethod
-    def _positive_lengths(cls, values: list[float]) -> list[float]:
-        return _unique([_in_range(v, "audio_lengths_s", 0, MAX_AUDIO_LENGTH_S, low_open=True) for v in values],
-                       "audio_lengths_s")
-
-    @field_validator("guidance_scales")
-    @classmethod
-    def _guidance(cls, values: list[float]) -> list[float]:
-        return _unique([_in_range(v, "guidance_scales", 0, MAX_GUIDANCE) for v in values], "guidance_scales")
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, values: list[int]) -> list[int]:
-        return _unique([_in_range(v, "seeds", 0, MAX_SEED) for v in values], "seeds")
+    def _bounded_axes(cls, values: list, info) -> list:
+        low, high, low_open = _AXIS_BOUNDS[info.field_name]
+        return _unique([_in_range(v, info.field_name, low, high, low_open) for v in values], info.field_name)
 
     @field_validator("checkpoints", "schedulers", "dtypes", "negative_prompts", "attention_backends",
                      "compile_modes", "cpu_offload", "vae_slicing", "vae_tiling")

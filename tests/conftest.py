@@ -118,6 +118,36 @@ def sweep_writer():
     return _write_sweep
 
 
+@pytest.fixture(scope="session")
+def base_same_noisy_runs(tiny_audio_path):
+    """Factory: ``base_same_noisy_runs(sweep, root)`` runs ``sweep`` as root/base, an identical rerun
+    root/same and a rerun root/noisy whose audio has Gaussian noise (sd 0.3) added; -> {name: folder}."""
+    return _base_same_noisy
+
+
+def _base_same_noisy(sweep, root):
+    import numpy as np
+
+    import harness.generate.local as local
+    from harness.generate.run import run_sweep
+    from harness.generate.sampling import HostAudio
+
+    runs = {name: root / name for name in ("base", "same", "noisy")}
+    run_sweep(sweep, runs["base"], progress=False)
+    run_sweep(sweep, runs["same"], progress=False)
+    original = local.generate_to_host
+
+    def noisy(*args, **kwargs):
+        audio = original(*args, **kwargs).numpy()
+        audio = audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
+        return HostAudio(torch.from_numpy(audio), audio.shape[-1])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "generate_to_host", noisy)
+        run_sweep(sweep, runs["noisy"], progress=False)
+    return runs
+
+
 def _write_sweep(path, **overrides) -> str:
     spec = {
         "name": "t", "checkpoints": ["tiny-audio"], "schedulers": ["ddim"], "steps": [3],

@@ -10,10 +10,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-import torch
 import scipy.stats
 
-from harness.generate.sampling import HostAudio
 from harness.measure.bench import bench_sweep
 from harness.cli import main
 from harness.gate import gate
@@ -21,7 +19,6 @@ from harness.gate.compare import GateError, allowance, compare, judge, significa
 from harness.gate.output import junit, markdown
 from harness.gate.policy import Policy, PolicyError, Rule, load_policy
 from harness.gate.summary import CellSummary, Figure, Summary, from_runs, load, save
-from harness.generate.run import run_sweep
 from harness.score.scoring import score_run
 
 ENV = {"cpu": "x86_64", "versions": {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.24.0"}}
@@ -473,25 +470,11 @@ significance = false
 
 
 @pytest.fixture(scope="module")
-def quality_runs(tmp_path_factory, tiny_audio_path, sweep_writer):
+def quality_runs(tmp_path_factory, sweep_writer, base_same_noisy_runs):
     """A tiny run, an identical rerun, and a rerun whose audio is degraded by added noise."""
-    import harness.generate.local as local
-
     root = tmp_path_factory.mktemp("gate")
     sweep = sweep_writer(root / "sweep.toml", prompts={"set": "smoke", "limit": 3})
-    runs = {name: root / name for name in ("base", "same", "noisy")}
-    run_sweep(sweep, runs["base"], progress=False)
-    run_sweep(sweep, runs["same"], progress=False)
-    original = local.generate_to_host
-
-    def noisy(*args, **kwargs):
-        audio = original(*args, **kwargs).numpy()
-        audio = audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
-        return HostAudio(torch.from_numpy(audio), audio.shape[-1])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local, "generate_to_host", noisy)
-        run_sweep(sweep, runs["noisy"], progress=False)
+    runs = base_same_noisy_runs(sweep, root)
     # The accepted outputs are the reference: the usual set-up of a model-quality regression test.
     cell_dir = next((runs["base"] / "audio").iterdir())
     for run in runs.values():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_history import DAY, ENV, T0, _calls, fake_run
-from test_report_browser import _chromium
+from test_report_browser import _chromium, chromium_tab
 
 from harness.history.report import build_history_report
 from harness.history.store import HistoryStore
@@ -26,8 +26,6 @@ EVIL = "<img src=x onerror=window.__pwned=1>"
 def page(tmp_path_factory):
     """index.html of 14 commits (+25% latency at commit 8; a torch upgrade at 11, 20% faster) in headless Chromium."""
     exe = _chromium()
-    from playwright.sync_api import sync_playwright
-
     root = tmp_path_factory.mktemp("hbrowser")
     rng = np.random.default_rng(7)
     commits = [hashlib.sha1(bytes([i])).hexdigest() for i in range(14)]
@@ -39,18 +37,8 @@ def page(tmp_path_factory):
                            (fad, fad - 0.15, fad + 0.15), checkpoint=f"/ck/{EVIL}")
             store.add(run, commit=commit, commit_time=T0 + i * DAY)
     report = build_history_report(root / "history.sqlite", root / "report")
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        try:
-            tab = browser.new_page(viewport={"width": 1200, "height": 900})
-            tab.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            tab.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            tab.goto(report.files["html"].as_uri())
-            tab.wait_for_load_state("load")
-            yield tab, errors, commits
-        finally:
-            browser.close()
+    with chromium_tab(exe, report.files["html"], width=1200) as (tab, errors):
+        yield tab, errors, commits
 
 
 def test_every_plot_decodes_and_nothing_fails(page):

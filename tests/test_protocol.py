@@ -139,28 +139,14 @@ max_regression = "10%"
 """
 
 
-def test_gate_on_kl_softmax_fails_on_degraded_audio_and_passes_on_a_rerun(tmp_path, tiny_audio_path, sweep_writer):
-    import harness.generate.local as local
+def test_gate_on_kl_softmax_fails_on_degraded_audio_and_passes_on_a_rerun(tmp_path, sweep_writer,
+                                                                          base_same_noisy_runs):
     from harness.gate.compare import compare
     from harness.gate.policy import load_policy
     from harness.gate.summary import from_runs
 
     sweep = sweep_writer(tmp_path / "sweep.toml", prompts={"set": "smoke", "limit": 5})
-    runs = {name: tmp_path / name for name in ("base", "same", "noisy")}
-    run_sweep(sweep, runs["base"], progress=False)
-    run_sweep(sweep, runs["same"], progress=False)
-    from harness.generate.sampling import HostAudio
-
-    original = local.generate_to_host
-
-    def noisy(*args, **kwargs):
-        audio = original(*args, **kwargs).numpy()
-        audio = audio + np.random.default_rng(0).normal(0, 0.3, audio.shape).astype(audio.dtype)
-        return HostAudio(torch.from_numpy(audio), audio.shape[-1])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local, "generate_to_host", noisy)
-        run_sweep(sweep, runs["noisy"], progress=False)
+    runs = base_same_noisy_runs(sweep, tmp_path)
     store = RunStore.read_only(runs["base"])
     prompts = sorted({s["prompt_id"] for s in store.samples()})
     store.close()

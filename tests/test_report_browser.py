@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
@@ -39,28 +42,36 @@ def _chromium() -> str:
     return exe
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory, tiny_audio_path):
-    """index.html of a 3-cell run (two failed samples) open in headless Chromium, with its errors."""
-    exe = _chromium()
+@contextmanager
+def chromium_tab(exe: str, html: Path, width: int) -> Iterator[tuple[Any, list[str]]]:
+    """``html`` loaded in a headless Chromium tab, with a list that collects its console errors,
+    page errors and dialogs (dismissed) while the caller uses it."""
     from playwright.sync_api import sync_playwright
 
-    root = tmp_path_factory.mktemp("browser")
-    run = write_run(root, "b", [2, 3, 10], ["ddim"], fail=True)  # 10 < 2 as text: sorting must be numeric
-    report = build_report([run], root / "report", formats=("html", "csv"), listen=2)
     errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 900})
+            tab = browser.new_page(viewport={"width": width, "height": 900})
             tab.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
             tab.on("pageerror", lambda e: errors.append(f"page error: {e}"))
             tab.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
-            tab.goto(report.files["html"].as_uri())
+            tab.goto(html.as_uri())
             tab.wait_for_load_state("load")
             yield tab, errors
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, tiny_audio_path):
+    """index.html of a 3-cell run (two failed samples) open in headless Chromium, with its errors."""
+    exe = _chromium()
+    root = tmp_path_factory.mktemp("browser")
+    run = write_run(root, "b", [2, 3, 10], ["ddim"], fail=True)  # 10 < 2 as text: sorting must be numeric
+    report = build_report([run], root / "report", formats=("html", "csv"), listen=2)
+    with chromium_tab(exe, report.files["html"], width=1400) as (tab, errors):
+        yield tab, errors
 
 
 def _column(tab, title: str) -> list[float]:

@@ -215,20 +215,11 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
 
-def _vm_hwm_bytes() -> int | None:
+def _status_bytes(key: str) -> int | None:
+    """A kB figure of /proc/self/status (``VmHWM``, ``VmRSS``) in bytes; None where there is none."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _vm_rss_bytes() -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -274,12 +265,12 @@ class CpuMemoryTracker(_PeakTracker):
             _reset_hwm()
 
     def _read(self) -> dict[str, int]:
-        value = _vm_hwm_bytes()
+        value = _status_bytes("VmHWM")
         return {} if value is None else {self._label: value}
 
     def _enter(self, name: str) -> object:
         super()._enter(name)
-        return _vm_rss_bytes()  # after the trim and reset: what the stage starts from
+        return _status_bytes("VmRSS")  # after the trim and reset: what the stage starts from
 
     def _exit(self, name: str, token: object) -> None:
         super()._exit(name, token)
@@ -289,7 +280,7 @@ class CpuMemoryTracker(_PeakTracker):
             end = self.peaks[name].get(self._label)
         else:
             _trim()
-            end = _vm_rss_bytes()
+            end = _status_bytes("VmRSS")
         if end is not None:
             self._growth[name] = max(self._growth.get(name, 0), end - int(token))
 

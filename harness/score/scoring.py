@@ -108,10 +108,15 @@ class ScoreResult:
         return sum(self.computed.values())
 
 
+def _name_list(spec: str | Sequence[str]) -> list[str]:
+    """``"a, b,a"`` or a list -> the stripped non-empty names, first occurrence of each kept."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return list(dict.fromkeys(s.strip() for s in items if s.strip()))
+
+
 def parse_embedders(spec: str | Sequence[str]) -> list[str]:
     """``"mel,clap"`` or a list -> validated names (order kept, duplicates dropped)."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    names = _name_list(spec)
     valid = available()
     bad = [n for n in names if n not in valid]
     if bad or not names:
@@ -122,8 +127,7 @@ def parse_embedders(spec: str | Sequence[str]) -> list[str]:
 
 def parse_metrics(spec: str | Sequence[str]) -> list[str]:
     """``"fad,kl_softmax"`` or a list -> validated registered metric names."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    names = _name_list(spec)
     valid = available_metrics()
     bad = [n for n in names if n not in valid]
     if bad or not names:
@@ -424,15 +428,14 @@ def print_scores(result: ScoreResult) -> None:
     """Print the metric rows as a table, then notes (quarantine, skipped cells, cache use)."""
     from rich.table import Table
 
-    from harness.console import make_console
+    from harness.console import make_console, value_and_ci
 
     console = make_console()
     table = Table("cell", "metric", "embedder", "reference", "value", "CI", "n", "notes",
                   title="audioldm2-harness score")
     for r in result.rows:
         d = r["details"]
-        value = "-" if r["value"] is None else f"{r['value']:.4g}"
-        ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+        value, ci = value_and_ci(r)
         notes = [*d.get("degenerate", []), *d.get("caveats", [])]
         if d.get("n_failed"):
             notes.append(f"{d['n_failed']} failed")

@@ -121,15 +121,14 @@ def print_transcribed(result: TranscribeResult) -> None:
     """Print the WER/CER rows as a table, then skipped cells and cache use."""
     from rich.table import Table
 
-    from harness.console import make_console
+    from harness.console import make_console, value_and_ci
 
     console = make_console()
     table = Table("cell", "metric", "model", "value", "CI", "n", "edits / units", "flags",
                   title="audioldm2-harness transcribe")
     for r in result.rows:
         d = r["details"]
-        value = "-" if r["value"] is None else f"{r['value']:.4g}"
-        ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+        value, ci = value_and_ci(r)
         flags = ", ".join(f"{k} {v}" for k, v in d["flags"].items() if v) + (f", {d['failed']} failed" if d["failed"] else "")
         table.add_row(r["cell_id"], r["metric"], r["embedder"], value, ci, str(r["n"]),
                       f"{d['edits']} / {d['reference_units']}", flags.strip(", "))

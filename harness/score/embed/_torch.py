@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.checkpoints._cache import default_cache_dir
 from harness.score.embed.registry import Embedder, EmbedderError
+
+
+def local_weights_path(env_var: str, file_name: str) -> Path:
+    """The weights file named by ``$env_var``, else ``<harness cache>/weights/<file_name>``."""
+    env = os.environ.get(env_var)
+    return Path(env) if env else default_cache_dir() / "weights" / file_name
 
 
 def state_dict_sha256(module) -> str:

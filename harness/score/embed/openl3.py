@@ -45,7 +45,6 @@ max-pool over the whole (32, 24) map: 512 values per frame. Eval mode.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,8 +55,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from harness.checkpoints._cache import default_cache_dir
-from harness.score.embed._torch import TorchEmbedder
+from harness.score.embed._torch import TorchEmbedder, local_weights_path
 from harness.score.embed.audio import RESAMPLER, Clip
 from harness.score.embed.registry import EmbedderError, register
 
@@ -297,8 +295,7 @@ class _OpenL3Base(TorchEmbedder):
 
 def default_weights_path(content_type: str) -> Path:
     """$AUDIOLDM2_HARNESS_OPENL3_WEIGHTS, else <harness cache>/weights/torchopenl3_mel256_<type>_512.pth.tar."""
-    env = os.environ.get("AUDIOLDM2_HARNESS_OPENL3_WEIGHTS")
-    return Path(env) if env else default_cache_dir() / "weights" / weights_file(content_type)
+    return local_weights_path("AUDIOLDM2_HARNESS_OPENL3_WEIGHTS", weights_file(content_type))
 
 
 @register

@@ -33,7 +33,6 @@ torchaudio where the harness uses soxr: equal for mono 16 kHz audio, AudioLDM 2'
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,8 +42,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from harness.checkpoints._cache import default_cache_dir
-from harness.score.embed._torch import TorchEmbedder
+from harness.score.embed._torch import TorchEmbedder, local_weights_path
 from harness.score.embed.audio import RESAMPLER, pcm16_round_trip
 from harness.score.embed.registry import EmbedderError, register
 
@@ -219,8 +217,7 @@ class _PannBase(TorchEmbedder):
 
 def default_weights_path() -> Path:
     """$AUDIOLDM2_HARNESS_PANN_WEIGHTS, else <harness cache>/weights/Cnn14_16k_mAP=0.438.pth."""
-    env = os.environ.get("AUDIOLDM2_HARNESS_PANN_WEIGHTS")
-    return Path(env) if env else default_cache_dir() / "weights" / WEIGHTS_FILE
+    return local_weights_path("AUDIOLDM2_HARNESS_PANN_WEIGHTS", WEIGHTS_FILE)
 
 
 @register

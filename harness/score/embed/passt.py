@@ -35,7 +35,6 @@ model is written here with its published names, like ``pann`` and ``vggish``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +44,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from harness.checkpoints._cache import default_cache_dir
-from harness.score.embed._torch import TorchEmbedder
+from harness.score.embed._torch import TorchEmbedder, local_weights_path
 from harness.score.embed.audio import RESAMPLER, Clip, peak_normalize
 from harness.score.embed.registry import EmbedderError, register
 
@@ -248,8 +246,7 @@ class _PasstBase(TorchEmbedder):
 
 def default_weights_path() -> Path:
     """$AUDIOLDM2_HARNESS_PASST_WEIGHTS, else <harness cache>/weights/passt-s-f128-p16-s10-ap.476-swa.pt."""
-    env = os.environ.get("AUDIOLDM2_HARNESS_PASST_WEIGHTS")
-    return Path(env) if env else default_cache_dir() / "weights" / WEIGHTS_FILE
+    return local_weights_path("AUDIOLDM2_HARNESS_PASST_WEIGHTS", WEIGHTS_FILE)
 
 
 @register

@@ -200,6 +200,13 @@ def _inf_norm(s: np.ndarray) -> float:
     return float(np.max(np.sum(np.abs(s), axis=1)))
 
 
+def _clipped_note(matrix: str, lowest: float, tol: float, culprit: str | None = None) -> str:
+    """The note for an eigenvalue of ``matrix`` below -tol, naming the input that is not PSD."""
+    blame = f"{culprit} is not" if culprit else "not"
+    return (f"{matrix} has eigenvalue {lowest:.3g} below -{tol:.3g}: {blame} positive semidefinite "
+            "beyond round-off (negative part clipped)")
+
+
 def _product_eigenvalues(
     s1: np.ndarray, s2: np.ndarray, method: str
 ) -> tuple[np.ndarray, float, list[str], str]:
@@ -223,11 +230,7 @@ def _product_eigenvalues(
             notes = []
             if lam.min() < -eig_tol:
                 # L^T S_b L is congruent to S_b (Sylvester): a negative eigenvalue is S_b's.
-                notes.append(
-                    f"sigma1 @ sigma2 has eigenvalue {lam.min():.3g} below -{eig_tol:.3g}: "
-                    f"{b_name} is not positive semidefinite beyond round-off "
-                    "(negative part clipped)"
-                )
+                notes.append(_clipped_note("sigma1 @ sigma2", lam.min(), eig_tol, b_name))
             return lam, eig_tol, notes, "cholesky"
     # Route 2 (both covariances singular, e.g. fewer clips than dims, or method="eigh"):
     # S1 = V diag(w) V^T, B = V diag(sqrt(w+)), eig(S1 S2) = eig(B^T S2 B) for PSD S1.
@@ -236,19 +239,12 @@ def _product_eigenvalues(
     notes = []
     w1_tol = dim * _EPS * float(np.max(np.abs(w1)))
     if w1.min() < -w1_tol:
-        notes.append(
-            f"sigma1 has eigenvalue {w1.min():.3g} below -{w1_tol:.3g}: not positive semidefinite "
-            "beyond round-off (negative part clipped)"
-        )
+        notes.append(_clipped_note("sigma1", w1.min(), w1_tol))
     b = v1 * np.sqrt(np.clip(w1, 0.0, None))
     m = b.T @ (s2 @ b)
     lam = scipy.linalg.eigh((m + m.T) * 0.5, eigvals_only=True, driver="evd", check_finite=False)
     if lam.min() < -eig_tol:
-        notes.append(
-            f"sqrt(sigma1) sigma2 sqrt(sigma1) has eigenvalue {lam.min():.3g} "
-            f"below -{eig_tol:.3g}: sigma2 is not positive semidefinite beyond round-off "
-            "(negative part clipped)"
-        )
+        notes.append(_clipped_note("sqrt(sigma1) sigma2 sqrt(sigma1)", lam.min(), eig_tol, "sigma2"))
     return lam, eig_tol, notes, "eigh"
 
 
