@@ -486,7 +486,6 @@ def test_identical_runs_pass_and_degraded_audio_fails(quality_runs, tmp_path):
     runs, policy = quality_runs
     assert main(["baseline", "save", str(runs["base"]), "--out", str(tmp_path / "base.json")]) == 0
     same = gate(runs["same"], tmp_path / "base.json", policy)
-    same = gate(runs["same"], tmp_path / "base.json", policy)
     # FAD against the base's own audio is ~1e-15: a relative allowance of it is no allowance at all,
     # and its bootstrap CI cannot show the change is within it. Not a pass: inconclusive (warning, exit 0).
     fad = next(v for v in same.verdicts if v.figure == "fad:mel")
