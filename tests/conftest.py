@@ -175,3 +175,43 @@ def _toml(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(value)
+
+
+@pytest.fixture
+def fp32_cuda():
+    """CUDA in true float32 for CPU comparisons: cuDNN's TF32 convolutions (on by default on Ampere
+    and later) keep 10 mantissa bits, ~1e-3 relative, far above what the CPU comparisons allow.
+    (Set and restored by hand: monkeypatch cannot undo torch.backends' module attributes.)"""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def cuda_embeds_like_cpu(fp32_cuda):
+    """``check(name, clips, rel=1e-4, **options)``: the embedder ``name`` built on cuda and on cpu
+    embeds ``clips`` (``Clip``s, through ``audio_of``) to outputs of the same shapes and dtype, each
+    within ``rel`` of the CPU output's largest magnitude (a scale-relative bound: element-wise
+    relative error means nothing next to ReLU zeros); returns (cuda, cpu) embedders."""
+    import numpy as np
+
+    from harness.score.embed.registry import get_embedder
+
+    def check(name: str, clips, rel: float = 1e-4, **options):
+        cuda, cpu = get_embedder(name, device="cuda", **options), get_embedder(name, device="cpu", **options)
+        assert next(cuda.model.parameters()).device.type == "cuda"
+        assert cuda.identity_key == cpu.identity_key  # the cache does not tell the devices apart
+        inputs = [cpu.audio_of(clip) for clip in clips]
+        (got, got_extra), (want, want_extra) = cuda.embed_audio_outputs(inputs), cpu.embed_audio_outputs(inputs)
+        assert set(got_extra) == set(want_extra)
+        for outputs, expected in [(got, want), *((got_extra[k], want_extra[k]) for k in want_extra)]:
+            assert len(outputs) == len(expected) == len(clips)
+            for a, b in zip(outputs, expected):
+                assert a.dtype == np.float32 and a.shape == b.shape
+                assert np.max(np.abs(a - b)) <= rel * np.max(np.abs(b)), (name, np.max(np.abs(a - b)))
+        return cuda, cpu
+
+    return check

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.io import wavfile
 
 from harness.data.synthetic import synthetic_clips
@@ -70,6 +71,19 @@ def test_tiny_clap_gives_the_same_embedding_for_the_same_audio(tiny_clap):
     np.testing.assert_allclose(c[2], a[0], atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(a[0], axis=1), 1.0, rtol=1e-5)
     assert tiny_clap.embed_text(["a dog barks", "rain"]).shape == (2, 16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["tiny-clap", "tiny-clap-window"])
+def test_tiny_clap_on_cuda_equals_cpu(name, cuda_embeds_like_cpu):
+    """--device cuda: audio and text embeddings within 1e-4 of the CPU ones' scale (the log-mel front
+    end is numpy on both; the network's float32 round-off measured against float64 is 1.3e-6)."""
+    cuda, cpu = cuda_embeds_like_cpu(name, [Clip(samples, 16000) for _, samples in synthetic_clips(4, duration_s=2.0)])  # tone, chirp, noise, clicks
+    texts = ["a dog barks", "rain on a tin roof"]
+    got, want = cuda.embed_text(texts), cpu.embed_text(texts)
+    assert got.shape == want.shape == (2, cpu.dim)
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
 
 
 def test_window_clap_never_takes_the_feature_extractors_random_paths():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.data.synthetic import synthetic_clips
 from harness.score.embed.audio import Clip, peak_normalize
 from harness.score.embed.openl3 import (OpenL3Embedder, _dft_kernels, build_openl3, openl3_frames, openl3_mel_basis,
                                         resample_kaiser_best)
@@ -68,6 +69,19 @@ def test_kaiser_best_resampling_reproduces_a_band_limited_tone():
     np.testing.assert_allclose(down[2000:-2000], np.sin(2 * np.pi * f * np.arange(32000) / 16000)[2000:-2000], atol=3e-3)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("sr1", [48000, 16000])
+def test_kaiser_best_resampling_on_cuda_equals_cpu(sr1):
+    """The float64 gathers on the GPU give the CPU's result to 1e-12 (only the order of the
+    ~130-350 term sums differs); 3 s at 48 kHz spans three 65536-sample chunks."""
+    sr0 = 44100
+    x = 0.3 * np.random.default_rng(3).standard_normal(3 * sr0)
+    cpu, cuda = resample_kaiser_best(x, sr0, sr1), resample_kaiser_best(x, sr0, sr1, "cuda")
+    assert cuda.dtype == np.float64 and cuda.shape == cpu.shape == (3 * sr1,)
+    np.testing.assert_allclose(cuda, cpu, rtol=0, atol=1e-12)
+
+
 def test_frames_follow_openl3_center_and_padding():
     x = np.arange(1, 72001, dtype=np.float64)  # 1.5 s at 48 kHz
     frames = openl3_frames(x)
@@ -93,6 +107,34 @@ def test_embedding_rows_stereo_and_batch_independence():
     assert mono.identity_key != stereo.identity_key != get_embedder("tiny-openl3", content_type="music").identity_key
     np.testing.assert_array_equal(peak_normalize(np.zeros(4)), np.zeros(4))
     assert np.max(np.abs(peak_normalize(a.samples))) == pytest.approx(10 ** (-1 / 20))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiny_openl3_on_cuda_is_as_close_to_float64_as_cpu(fp32_cuda):
+    """--device cuda: the same frames (float64 resampling to 1e-12) and embeddings as close to the
+    network run in float64 as the CPU's float32 ones. No fixed tolerance fits: the float32 DFT
+    front end puts round-off into the quiet bins (down to -80 dB of amplitude, 1e-8), which moves
+    these embeddings by up to 3e-3 of their scale on the CPU already (and 1e-2 for a 1e-7 input
+    perturbation), so the GPU's different round-off may too; a device bug moves them by O(1)."""
+    import copy
+
+    cpu, cuda = get_embedder("tiny-openl3", channels=1), get_embedder("tiny-openl3", channels=1, device="cuda")
+    assert cuda.identity_key == cpu.identity_key
+    exact = copy.deepcopy(cpu.model).double()
+    err_cpu = err_cuda = scale = 0.0
+    for clip in [Clip(samples, 16000) for _, samples in synthetic_clips(4, duration_s=2.0)]:
+        x = cpu.audio_of(clip)
+        frames = cpu.frames(x)
+        np.testing.assert_allclose(cuda.frames(x), frames, rtol=0, atol=1e-12)
+        with torch.no_grad():
+            truth = exact(torch.from_numpy(np.array(frames, dtype=np.float32)).double()).numpy()
+        got, want = cuda.embed_audio([x])[0], cpu.embed_audio([x])[0]
+        assert got.shape == want.shape == truth.shape and got.dtype == np.float32
+        err_cpu = max(err_cpu, float(np.max(np.abs(want - truth))))
+        err_cuda = max(err_cuda, float(np.max(np.abs(got - truth))))
+        scale = max(scale, float(np.max(np.abs(truth))))
+    assert err_cuda <= 10 * err_cpu + 1e-6 * scale, (err_cuda, err_cpu, scale)
 
 
 def test_peak_normalisation_happens_at_the_file_rate_then_soxr():

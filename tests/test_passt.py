@@ -82,6 +82,17 @@ def test_tiny_passt_outputs_windows_and_ignores_gain():
     assert -527e-6 <= same <= 0 and kl_passt([extra["logits"][0]], [extra["logits"][1]]) > 0.01
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiny_passt_on_cuda_equals_cpu(cuda_embeds_like_cpu):
+    """--device cuda: features and logits within 1e-4 of the CPU ones' scale (a 1e-7 relative input
+    perturbation moves them by 4e-7)."""
+    from harness.data.synthetic import synthetic_clips
+    from harness.score.embed.audio import Clip
+
+    cuda_embeds_like_cpu("tiny-passt", [Clip(samples, 16000) for _, samples in synthetic_clips(4, duration_s=2.0)])
+
+
 def test_loads_the_published_layout_and_names_a_missing_file(tmp_path, monkeypatch):
     model = build_passt(embed_dim=32, depth=1, num_heads=2)
     torch.save(model.state_dict(), tmp_path / "p.pt")

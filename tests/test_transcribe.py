@@ -8,6 +8,7 @@ import shutil
 import jiwer
 import numpy as np
 import pytest
+import torch
 
 from harness.generate.run import run_sweep
 from harness.score.asr.transcribe import TranscriptCache, transcribe_run
@@ -82,6 +83,27 @@ def test_transcription_is_deterministic():
     clip = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
     first, second = asr.transcribe([clip]), asr.transcribe([clip])
     assert first == second and first[0].no_speech_prob is not None and 0 <= first[0].no_speech_prob <= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_transcripts_on_cuda_equal_cpu(speech_run, tmp_path, fp32_cuda):
+    """transcribe --device cuda: tiny-whisper's greedy transcripts equal the CPU's, hence the same
+    WER/CER rows; no-speech probabilities to 1e-4. On these clips the CPU's top two logits differ
+    by at least 0.018 at every step, far above float32 round-off between the devices."""
+    folder, cpu = speech_run
+    shutil.copytree(folder / "run", tmp_path / "run")  # the module's run keeps its CPU rows
+    # its own cache: transcripts are keyed by content and model identity, which holds no device
+    cuda = transcribe_run(tmp_path / "run", "tiny-whisper", device="cuda", cache_dir=tmp_path / "cache", bootstrap=200)
+    assert cuda.transcribed == cpu.transcribed == 6 and cuda.cached == 0
+    assert len(cuda.rows) == len(cpu.rows) > 0
+    for got, want in zip(cuda.rows, cpu.rows):
+        assert (got["cell_id"], got["metric"], got["embedder_id"]) == (want["cell_id"], want["metric"], want["embedder_id"])
+        assert (got["value"], got["ci_low"], got["ci_high"], got["n"]) == (want["value"], want["ci_low"], want["ci_high"], want["n"])
+        a, b = got["details"]["transcripts"], want["details"]["transcripts"]
+        assert [(t["prompt_id"], t["seed"], t["hypothesis"], t["flags"]) for t in a] == \
+            [(t["prompt_id"], t["seed"], t["hypothesis"], t["flags"]) for t in b]
+        assert [t["no_speech_prob"] for t in a] == pytest.approx([t["no_speech_prob"] for t in b], abs=1e-4)
 
 
 def test_missing_model_is_a_one_line_error():

@@ -95,7 +95,7 @@ def decode(pipe, latents: torch.Tensor, keep: int, tracker: Tracker) -> HostAudi
     host = torch.empty(waveform.shape, dtype=torch.float32, pin_memory=True)
     host.copy_(waveform, non_blocking=True)
     copied = torch.cuda.Event()
-    copied.record()
+    copied.record(torch.cuda.current_stream(waveform.device))  # the copy's stream, also on cuda:N
     return HostAudio(host, keep, copied)
 
 
