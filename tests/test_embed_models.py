@@ -184,3 +184,22 @@ def test_missing_clap_model_fails_at_once_without_network(tmp_path, monkeypatch)
     with pytest.raises(EmbedderError, match="cannot load CLAP model nobody/no-such-clap") as err:
         clap.ClapEmbedder("nobody/no-such-clap")
     assert time.perf_counter() - start < 10 and probes == [1] and "\n" not in str(err.value)
+
+
+def test_embedders_built_for_a_gpu_turn_tf32_off(monkeypatch):
+    """cuDNN's default TF32 moves embeddings by ~1e-3: an embedder built for a non-CPU device
+    sets both TF32 switches off (no GPU needed: the flags are plain settings)."""
+    import torch
+
+    from harness.score.scoring import build_embedder
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:  # monkeypatch cannot restore cuBLAS's flag (a module __setattr__): by hand
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        build_embedder("tiny-pann", {}, "cpu")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        monkeypatch.setattr("harness.score.scoring.get_embedder", lambda name, **options: options)
+        assert build_embedder("tiny-pann", {}, "cuda:1")["device"] == "cuda:1"
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -179,3 +179,27 @@ def test_bench_times_the_sweeps_batch_size_and_threads_are_applied_and_recorded(
         assert "nan" not in capsys.readouterr().out  # no memory pass: "-", not nan
     finally:
         torch.set_num_threads(before)
+
+
+def test_gpu_utilization_reads_torchs_nvml_helper_and_samples_once_at_exit(monkeypatch):
+    """The poller reads torch.cuda.utilization (which maps the device through CUDA_VISIBLE_DEVICES)
+    for the sweep's device, samples once more at exit (a sweep shorter than an interval still
+    gets a figure), and gives no figure where NVML does not answer or the device is the CPU."""
+    from harness.measure.utilization import GpuUtilization
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: asked.append(device) or 40)
+    with GpuUtilization("cuda:1", interval_s=60) as gpu:
+        pass
+    assert gpu.samples == [40.0] and gpu.mean() == 40.0 and set(asked) == {"cuda:1"}
+
+    def no_nvml(device=None):
+        raise RuntimeError("NVML not found")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    with GpuUtilization("cuda", interval_s=60) as gpu:
+        pass
+    assert gpu.mean() is None
+    with GpuUtilization("cpu") as gpu:
+        pass
+    assert gpu.mean() is None

@@ -48,12 +48,14 @@ class _CpuClock:
 
 
 class _CudaClock:
-    def __init__(self) -> None:
+    def __init__(self, device: str | torch.device = "cuda") -> None:
+        self.device = torch.device(device)
         self._last: torch.cuda.Event | None = None
 
     def mark(self) -> torch.cuda.Event:
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        # On the stream of the device the work runs on: on cuda:N that need not be the current device.
+        event.record(torch.cuda.current_stream(self.device))
         self._last = event
         return event
 
@@ -110,7 +112,7 @@ class StageTimer(Tracker):
     """Collects timed spans; ``results()`` returns seconds per name (summed over repeats)."""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
-        self._clock = _CudaClock() if _is_cuda(device) else _CpuClock()
+        self._clock = _CudaClock(device) if _is_cuda(device) else _CpuClock()
         self._spans: list[tuple[str, object, object]] = []
 
     def _enter(self, name: str) -> object:
@@ -182,7 +184,7 @@ class CudaMemoryTracker(_PeakTracker):
     def __init__(self, device: str | torch.device = "cuda") -> None:
         super().__init__()
         self.device = torch.device(device)
-        self._nvml = _nvml_handle(self.device)
+        self._nvml = _nvml_readable(self.device)
 
     def _reset(self) -> None:
         # The allocator's statistics are kept on the host at allocation time: no synchronize.
@@ -194,21 +196,19 @@ class CudaMemoryTracker(_PeakTracker):
             "allocated_peak_bytes": torch.cuda.max_memory_allocated(self.device),
             "reserved_peak_bytes": torch.cuda.max_memory_reserved(self.device),
         }
-        if self._nvml is not None:
-            import pynvml
-
-            values["nvml_used_bytes"] = int(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
+        if self._nvml:
+            values["nvml_used_bytes"] = int(torch.cuda.device_memory_used(self.device))
         return values
 
 
-def _nvml_handle(device: torch.device):
+def _nvml_readable(device: torch.device) -> bool:
+    """Whether NVML answers for ``device``. torch's NVML helpers map torch's device index to
+    NVML's through CUDA_VISIBLE_DEVICES (by index or UUID), so the right card is read."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        torch.cuda.device_memory_used(device)
+        return True
     except Exception:  # noqa: BLE001 - NVML is optional: no figure rather than a wrong one
-        return None
+        return False
 
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -6,18 +6,20 @@ import threading
 
 
 class GpuUtilization:
-    """Polls NVML GPU utilisation (percent) on a thread between ``__enter__`` and ``__exit__``."""
+    """Polls NVML GPU utilisation (percent) on a thread between ``__enter__`` and ``__exit__``,
+    and once more at exit, so a sweep shorter than one interval still gets a figure."""
 
     def __init__(self, device: str, interval_s: float = 0.5) -> None:
         self.device, self.interval_s = device, interval_s
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._read = None
 
     def __enter__(self) -> "GpuUtilization":
-        handle = self._handle()
-        if handle is not None:
-            self._thread = threading.Thread(target=self._poll, args=(handle,), name="nvml-utilization", daemon=True)
+        self._read = _reader(self.device)
+        if self._read is not None:
+            self._thread = threading.Thread(target=self._poll, name="nvml-utilization", daemon=True)
             self._thread.start()
         return self
 
@@ -25,28 +27,34 @@ class GpuUtilization:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._sample()
 
     def mean(self) -> float | None:
         """Mean utilisation in percent, or None where nothing was sampled (CPU, no NVML)."""
         return sum(self.samples) / len(self.samples) if self.samples else None
 
-    def _handle(self):
-        if not self.device.startswith("cuda"):
-            return None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            index = int(self.device.split(":")[1]) if ":" in self.device else 0
-            return pynvml.nvmlDeviceGetHandleByIndex(index)
-        except Exception:  # noqa: BLE001 - NVML is optional: no figure rather than a wrong one
-            return None
-
-    def _poll(self, handle) -> None:
-        import pynvml
-
+    def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                self.samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
-            except Exception:  # noqa: BLE001
+            if not self._sample():
                 return
+
+    def _sample(self) -> bool:
+        try:
+            self.samples.append(float(self._read()))
+            return True
+        except Exception:  # noqa: BLE001 - NVML is optional: no figure rather than a wrong one
+            return False
+
+
+def _reader(device: str):
+    """A callable returning ``device``'s utilisation, or None without CUDA or NVML. torch's helper
+    maps torch's device index to NVML's through CUDA_VISIBLE_DEVICES (by index or UUID)."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        torch.cuda.utilization(device)
+    except Exception:  # noqa: BLE001
+        return None
+    return lambda: torch.cuda.utilization(device)

@@ -136,9 +136,14 @@ def parse_metrics(spec: str | Sequence[str]) -> list[str]:
 
 
 def build_embedder(name: str, options: dict[str, Any], device: str) -> Embedder:
-    """The embedder ``name`` with ``options``, on ``device`` when it takes one."""
+    """The embedder ``name`` with ``options``, on ``device`` when it takes one (in full float32:
+    no TF32 on a GPU)."""
     if "device" in options_of(name):
         options = {**options, "device": device}
+        if device != "cpu":
+            from harness.score.embed._torch import full_float32
+
+            full_float32()
     return get_embedder(name, **options)
 
 

@@ -17,6 +17,16 @@ def local_weights_path(env_var: str, file_name: str) -> Path:
     return Path(env) if env else default_cache_dir() / "weights" / file_name
 
 
+def full_float32() -> None:
+    """Turn TF32 off for cuDNN convolutions and CUDA matmuls (process-wide). On Ampere and later
+    cuDNN uses TF32 by default, which moves embeddings and logits by about 1e-3 relative: scores
+    on a GPU must agree with the CPU's and with the reference code's float32."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def state_dict_sha256(module) -> str:
     """sha256 over (name, dtype, shape, bytes) of every state-dict entry, sorted by name."""
     import torch
