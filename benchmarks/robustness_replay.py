@@ -439,6 +439,17 @@ class Replay:
                 return q.get("reason") if isinstance(q, dict) else str(q)
         return None
 
+    def clip_outcome(self, res, manifest: dict | None, name: str, accepted, extra: str = "") -> str:
+        """How `score` treated the reference file ``name``: quarantined (and why), accepted
+        (``accepted(entry)`` says how), or neither."""
+        reason = self.quarantine_of(manifest, name)
+        entry = next((e for e in (manifest or {}).get("entries", []) if e.get("path") == name), None)
+        if reason:
+            return f"exit {res.rc}; quarantined: {reason}{extra}"
+        if entry:
+            return f"exit {res.rc}; {accepted(entry)}{extra}"
+        return f"exit {res.rc}{extra}"
+
     def d6(self) -> None:
         d = self.fresh("d6-fifo")
         ref = reference_folder(d / "ref")
@@ -478,14 +489,8 @@ class Replay:
         if res.killed:
             outcome = f"{res.killed}"
         else:
-            reason = self.quarantine_of(man, "onehz.wav")
-            entry = next((e for e in (man or {}).get("entries", []) if e.get("path") == "onehz.wav"), None)
-            if reason:
-                outcome = f"exit {res.rc}; quarantined: {reason} ({peak})"
-            elif entry:
-                outcome = f"exit {res.rc}; taken as a {entry.get('duration_s'):.0f} s clip ({peak})"
-            else:
-                outcome = f"exit {res.rc} ({peak})"
+            outcome = self.clip_outcome(res, man, "onehz.wav",
+                                        lambda e: f"taken as a {e.get('duration_s'):.0f} s clip", f" ({peak})")
         self.row("6", "64 KB WAV whose header says 1 Hz; `score` (cap 4 GiB RSS, 120 s)", res, outcome,
                  key="quarantin|reference folder")
 
@@ -495,14 +500,8 @@ class Replay:
         raw = (ref / "trunc.wav").read_bytes()
         (ref / "trunc.wav").write_bytes(raw[: 44 + 6 * 16000 * 2])  # header still says 10 s
         res, man = self.score_against(d, ref, timeout=self.timeout)
-        reason = self.quarantine_of(man, "trunc.wav")
-        entry = next((e for e in (man or {}).get("entries", []) if e.get("path") == "trunc.wav"), None)
-        if reason:
-            outcome = f"exit {res.rc}; quarantined: {reason}"
-        elif entry:
-            outcome = f"exit {res.rc}; accepted as a {entry.get('duration_s'):g} s clip, nothing flagged"
-        else:
-            outcome = f"exit {res.rc}"
+        outcome = self.clip_outcome(res, man, "trunc.wav",
+                                    lambda e: f"accepted as a {e.get('duration_s'):g} s clip, nothing flagged")
         self.row("6", "WAV truncated to 6 s of a 10 s header; `score`", res, outcome, key="quarantin|reference folder")
 
     # 7 ------------------------------------------------------------------------------------
