@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,77 @@ def test_run_sweep_gives_ray_actors_the_sweeps_threads(make_sweep, monkeypatch, 
     finally:
         torch.set_num_threads(before)
     assert seen["threads"] == expected
+
+
+class _Ref:
+    def __init__(self, value) -> None:
+        self.value = value
+
+
+class _SyncActor:
+    """An actor handle whose ``run.remote`` computes the batch at once."""
+
+    def __init__(self, compute) -> None:
+        self.run = type("Method", (), {"remote": staticmethod(lambda batch: _Ref(compute(batch)))})
+
+
+class _SyncRay(_FakeRay):
+    """A Ray stand-in whose actors compute at once in this process: the driver's own logic runs."""
+
+    class exceptions:
+        class RayActorError(Exception):
+            pass
+
+        class RayTaskError(Exception):
+            pass
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def wait(self, refs, num_returns=1):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        return ref.value
+
+    def remote(self, cls):
+        compute = self.compute
+        options = type("Options", (), {"remote": staticmethod(lambda *args: _SyncActor(compute))})
+        return type("ActorClass", (), {"options": staticmethod(lambda **kwargs: options)})
+
+    @staticmethod
+    def compute(batch):
+        from harness.store import SampleRecord
+
+        results = [(SampleRecord(cell_id=i.cell.id, prompt_id=i.prompt.id, prompt=i.prompt.text,
+                                 transcription=None, seed=i.seed), np.zeros(160, np.float32), 16000)
+                   for i, todo in zip(batch.items, batch.todo) if todo]
+        return results, {}, 0.01, 0.0
+
+
+def test_the_ray_driver_stores_results_on_its_writer_thread_once_each(make_sweep, monkeypatch):
+    """Batches come back from the actors; the driver hands them to its writer thread (so it can
+    wait for the next batch meanwhile), stores each sample once, and has stored all of them when
+    run() returns."""
+    from harness.generate.ray import RayExecutor
+    from harness.generate.run import prepare
+    from harness.plan import cut_batches
+
+    spec, cells, prompts = prepare(make_sweep(schedulers=["ddim", "euler"], seeds=[0, 1], batch_size=2))
+    batches = cut_batches(spec, cells, prompts, 2)
+    writes = []
+
+    class Store:
+        def write_sample(self, record, audio, sample_rate):
+            writes.append(((record.cell_id, record.prompt_id, record.seed), threading.get_ident()))
+
+    monkeypatch.setitem(sys.modules, "ray", _SyncRay(2))
+    report = RayExecutor(Store(), batch_size=2).run(batches)
+    keys = [key for key, _ in writes]
+    expected = [i.key for b in batches for i in b.items]
+    assert sorted(keys) == sorted(expected) and len(set(keys)) == len(keys) == report.done == 8
+    assert {thread for _, thread in writes} != {threading.get_ident()}
+    assert report.call_seconds == pytest.approx(0.01 * len(batches))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from harness.measure.trackers import StageTimer
 from harness.plan import Batch, WorkItem
 from harness.generate.conditioning import ConditioningCache, ConditioningKey, stack
 from harness.generate.sampling import generate_to_host
-from harness.generate.writer import SampleWriter, WriterError
+from harness.generate.writer import SampleWriter, close_quietly
 from harness.generate.load import LoadedPipeline, PipelineCache
 from harness.store import RunStore, SampleRecord
 
@@ -61,7 +61,7 @@ class LocalExecutor:
         try:
             self._run_cells(batches, report)
         except BaseException:
-            _close_quietly(self.writer)  # keep what finished; the original error is what matters
+            close_quietly(self.writer)  # keep what finished; the original error is what matters
             raise
         self.writer.close()
         return report
@@ -150,13 +150,6 @@ def _describe_error(err: BaseException) -> str:
     where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     location = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
     return f"{type(err).__name__}: {err}{location}"
-
-
-def _close_quietly(writer: SampleWriter) -> None:
-    try:
-        writer.close()
-    except WriterError:
-        pass
 
 
 def _free_cuda_cache() -> None:

@@ -4,8 +4,9 @@ One long-lived actor per whole GPU (on a cluster without GPUs: ``--workers`` CPU
 each) keeps its loaded pipelines and its conditioning cache across every batch it is given.
 The driver keeps a queue of batches and hands the next one to whichever actor finishes first, so
 fast and slow workers both stay busy. Actors only compute: they return each batch's audio and
-sample records, and the driver alone writes the run folder (one writer, the store's usual
-atomic file-then-row writes), so a finished sample is never written twice.
+sample records, and the driver alone writes the run folder (one writer thread, the store's usual
+atomic file-then-row writes, while the driver waits for the next batch), so a finished sample is
+never written twice.
 
 A batch whose actor dies (killed, OOM-killed, node lost) is given to another actor (a new one
 replaces the dead one) up to ``max_attempts`` times; after that its samples are stored as failed
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.generate.local import ExecutionReport, LocalExecutor
+from harness.generate.writer import SampleWriter, close_quietly
 from harness.plan import Batch, WorkItem
 from harness.store import RunStore, SampleRecord
 
@@ -147,14 +150,19 @@ class RayExecutor:
             return report
         ray = self.ray
         started = self._connect()
+        self.writer = SampleWriter()
         try:
             options, count = self._actor_options({b.cell.device for b in batches})
             actors = [self._start_actor(options) for _ in range(min(count, len(batches)))]
             self.slots = len(actors)
             self._dispatch(deque((b, 1) for b in batches), actors, options, report)
+        except BaseException:
+            close_quietly(self.writer)  # keep what finished; the original error is what matters
+            raise
         finally:
             if started:
                 ray.shutdown()
+        self.writer.close()
         return report
 
     def _dispatch(self, queue: deque, idle: list, options: dict[str, Any], report: ExecutionReport) -> None:
@@ -195,9 +203,10 @@ class RayExecutor:
             report.cell_errors.update(cell_errors)
             if cell_errors:
                 self._skip(batch)
-            self._write(batch, results, report, written)
+            self.writer.submit(partial(self._write, batch, results, report, written))
 
     def _write(self, batch: Batch, results, report: ExecutionReport, written: set) -> None:
+        """Store a batch's results (on the writer thread, which alone touches ``written``)."""
         items = {i.key: i for i in batch.items}
         for record, audio, sample_rate in results:
             key = (record.cell_id, record.prompt_id, record.seed)
@@ -216,7 +225,7 @@ class RayExecutor:
                           batch_size=len(batch.items)), None, 0)
             for i, todo in zip(batch.items, batch.todo) if todo
         ]
-        self._write(batch, results, report, written)
+        self.writer.submit(partial(self._write, batch, results, report, written))
 
     def _skip(self, batch: Batch) -> None:
         for item, todo in zip(batch.items, batch.todo):

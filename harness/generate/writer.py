@@ -71,3 +71,11 @@ class SampleWriter:
             err = self._error
             raise WriterError(f"storing samples failed ({type(err).__name__}: {err}); every sample "
                               "committed before this is kept: fix the cause and run again to resume") from err
+
+
+def close_quietly(writer: SampleWriter) -> None:
+    """Wait for the writer's queued jobs, ignoring its error (another error is being raised)."""
+    try:
+        writer.close()
+    except WriterError:
+        pass
