@@ -26,8 +26,10 @@ T0 = 1_790_000_000.0
 
 
 def fake_run(root: Path, name: str, calls_ms: list[float], env: dict | None = None,
-             fad: tuple[float, float, float] | None = None, checkpoint: str = "tiny-audio", batch: int = 1) -> Path:
-    """A run folder with one benched cell: the given per-call total latencies and, optionally, a FAD with its CI."""
+             fad: tuple[float, float, float] | dict[str, tuple[float, float, float]] | None = None,
+             checkpoint: str = "tiny-audio", batch: int = 1) -> Path:
+    """A run folder with one benched cell: the given per-call total latencies and, optionally, a FAD with its
+    CI (value, low, high), or one per embedder id (a run scored with several embedders' weights)."""
     from harness.spec import expand, parse_spec
     from harness.store import RunStore
 
@@ -46,9 +48,11 @@ def fake_run(root: Path, name: str, calls_ms: list[float], env: dict | None = No
         store.add_cells([cell], {"batch_size": 1})
         store.write_measurements(cell.id, batch, [("call", "total", f"{i:04d}", ms / 1e3) for i, ms in enumerate(calls_ms)])
         if fad is not None:
-            store.write_metrics([{"cell_id": cell.id, "metric": "fad", "embedder": "mel", "embedder_id": "mel-1",
-                                  "reference": "folder:/ref", "reference_id": "ref1", "value": fad[0],
-                                  "ci_low": fad[1], "ci_high": fad[2], "confidence": 0.95, "n": 20}])
+            scores = fad if isinstance(fad, dict) else {"mel-1": fad}
+            store.write_metrics([{"cell_id": cell.id, "metric": "fad", "embedder": "mel", "embedder_id": emb_id,
+                                  "reference": "folder:/ref", "reference_id": "ref1", "value": v[0],
+                                  "ci_low": v[1], "ci_high": v[2], "confidence": 0.95, "n": 20}
+                                 for emb_id, v in scores.items()])
     finally:
         store.close()
     return root / name
@@ -247,6 +251,138 @@ def test_a_quality_step_is_a_difference_judged_by_the_bootstrap_cis(tmp_path):
     assert step.ci_low < 0.5 < step.ci_high and step.size == pytest.approx(0.5, abs=0.06)
     fad = frame[frame["figure"] == "fad:mel"]
     assert fad["se"].to_numpy() == pytest.approx(0.2 / (2 * norm.ppf(0.975)))  # from each point's own CI
+
+
+# ---- series keyed by what was measured --------------------------------------------------------
+
+PLAIN, PROTOCOL = "mel-929d5ed5aa", "mel-0badc0de77"  # one embedder's weights plainly, and under a protocol
+
+
+def _fad(value: float) -> tuple[float, float, float]:
+    return value, value - 0.1, value + 0.1
+
+
+def test_a_measurement_named_differently_by_its_runs_is_one_series(tmp_path):
+    # From commit 5 every run is also scored under a protocol (other weights, FAD ~4): those runs
+    # name the plain score fad:mel#929d5ed5, the earlier ones fad:mel. One measurement, one series.
+    rng = np.random.default_rng(10)
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        for i in range(10):
+            scores = {PLAIN: _fad(2.0 + rng.normal(0, 0.02))}
+            if i >= 5:
+                scores[PROTOCOL] = _fad(4.0 + rng.normal(0, 0.02))
+            store.add(fake_run(tmp_path, f"r{i}", _calls(rng, 100.0), fad=scores), commit=f"{i}" * 40,
+                      commit_time=T0 + i * DAY)
+        raw = store.frame()
+        frame, steps = analyse(raw)
+    assert set(raw["run_figure"]) >= {"fad:mel", "fad:mel#929d5ed5", "fad:mel#0badc0de"}  # as the runs named them
+    fad = frame[frame["stem"] == "fad:mel"]
+    assert fad.groupby("figure")["position"].apply(list).to_dict() == {
+        "fad:mel#929d5ed5": list(range(10)), "fad:mel#0badc0de": list(range(5, 10))}
+    assert (fad[fad["figure"] == "fad:mel#929d5ed5"]["embedder_id"] == PLAIN).all()
+    assert steps == [] and not frame["step"].any()
+
+
+def test_another_embedders_weights_under_the_same_name_are_another_series_not_a_step(tmp_path):
+    # Every run is scored once, so every run names its score fad:mel; from commit 6 the weights
+    # differ (another embedder id) and so does the level: no step, two series.
+    rng = np.random.default_rng(11)
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        for i in range(12):
+            scores = {PLAIN: _fad(2.0 + rng.normal(0, 0.02))} if i < 6 else {PROTOCOL: _fad(3.0 + rng.normal(0, 0.02))}
+            store.add(fake_run(tmp_path, f"r{i}", _calls(rng, 100.0), fad=scores), commit=f"{i}" * 40,
+                      commit_time=T0 + i * DAY)
+        raw = store.frame()
+        frame, steps = analyse(raw)
+    assert set(raw.loc[raw["stem"] == "fad:mel", "run_figure"]) == {"fad:mel"}
+    fad = frame[frame["stem"] == "fad:mel"]
+    assert fad.groupby("figure")["embedder_id"].agg(set).to_dict() == {"fad:mel#929d5ed5": {PLAIN},
+                                                                        "fad:mel#0badc0de": {PROTOCOL}}
+    assert steps == []
+    # Keyed by name, as before schema 2, the change of weights was a +1.0 "regression" at commit 6.
+    legacy, legacy_steps = analyse(raw.assign(embedder_id=None, reference_id=None, figure=raw["run_figure"],
+                                              stem=raw["run_figure"]))
+    assert [(s.figure, s.position) for s in legacy_steps] == [("fad:mel", 6)]
+
+
+def test_series_names_suffix_only_where_a_cell_holds_two_series_of_a_stem():
+    from harness.history.store import series_names
+
+    rows = [  # cell, name in its run, embedder id, reference id
+        ("a", "fad:mel", "mel-11111111", "ref-one"),
+        ("a", "fad:mel@ref-two", "mel-11111111", "ref-two"),
+        ("b", "fad:mel#22222222", "mel-11111111", "ref-one"),  # cell b: one series, so a plain name
+        ("c", "kad:mel", "x-abcdefgh1", "r"),
+        ("c", "kad:mel", "y-abcdefgh2", "r"),  # short ids collide: the full ids name them
+        ("c", "kad:mel", None, None),  # added by a version-1 harness: no ids
+        ("c", "latency_ms:total:p50", None, None),
+    ]
+    frame = pd.DataFrame(rows, columns=["cell_key", "run_figure", "embedder_id", "reference_id"])
+    frame["stem"] = [f.split("@")[0].split("#")[0] if e else f for _, f, e, _ in rows]
+    assert series_names(frame).tolist() == [
+        "fad:mel@ref-one", "fad:mel@ref-two", "fad:mel", "kad:mel@r#x-abcdefgh1", "kad:mel@r#y-abcdefgh2",
+        "kad:mel (no id)", "latency_ms:total:p50"]
+
+
+# Schema 1, as the first history harness wrote it (no embedder or reference id in points).
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (run_key TEXT PRIMARY KEY, source TEXT NOT NULL, commit_sha TEXT NOT NULL,
+    commit_time REAL NOT NULL, commit_time_source TEXT NOT NULL, run_created REAL, added_at REAL NOT NULL,
+    environment TEXT NOT NULL, env_key TEXT NOT NULL);
+CREATE TABLE points (run_key TEXT NOT NULL REFERENCES runs(run_key), cell_key TEXT NOT NULL,
+    cell_label TEXT NOT NULL, figure TEXT NOT NULL, value REAL NOT NULL, better TEXT, unit TEXT NOT NULL,
+    scale TEXT NOT NULL, n INTEGER, ci_low REAL, ci_high REAL, confidence REAL, observations TEXT,
+    PRIMARY KEY (run_key, cell_key, figure));
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def test_a_schema_1_history_is_migrated_in_place_and_keeps_its_points(tmp_path):
+    from harness.history.store import SCHEMA_VERSION
+
+    rng = np.random.default_rng(12)
+    db = tmp_path / "old.sqlite"
+    old = sqlite3.connect(db)
+    old.executescript(SCHEMA_1)
+    with HistoryStore(tmp_path / "scratch.sqlite") as scratch:  # real rows, written the way version 1 did
+        first = scratch.add(fake_run(tmp_path, "r0", _calls(rng, 100.0), fad=_fad(2.0)), commit="0" * 40,
+                            commit_time=T0)
+        runs = scratch.db.execute("SELECT * FROM runs").fetchall()
+        points = scratch.db.execute("SELECT * FROM points").fetchall()
+    with old:
+        old.executemany("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)", [tuple(r) for r in runs])
+        old.executemany("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [tuple(p)[:13] for p in points])
+    old.close()
+
+    with HistoryStore(db) as store:
+        columns = [r["name"] for r in store.db.execute("PRAGMA table_info(points)")]
+        assert columns[-2:] == ["embedder_id", "reference_id"]
+        version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        assert version == str(SCHEMA_VERSION)
+        assert not store.add(tmp_path / "r0", commit="f" * 40).added  # the same run_key: still recognised
+        for i in range(1, 4):
+            store.add(fake_run(tmp_path, f"r{i}", _calls(rng, 100.0), fad=_fad(2.0)), commit=f"{i}" * 40,
+                      commit_time=T0 + i * DAY)
+    with HistoryStore(db) as store:  # opening it again changes nothing
+        frame, _ = analyse(store.frame())
+        assert len(store.runs()) == 4
+    assert first.points == 2  # total latency and FAD
+    fad = frame[frame["stem"].str.startswith("fad:mel")].set_index("position")
+    # The version-1 point's weights are unknown: it stays apart rather than being guessed into the series.
+    assert fad["figure"].to_dict() == {0: "fad:mel (no id)", 1: "fad:mel", 2: "fad:mel", 3: "fad:mel"}
+    assert fad["embedder_id"].isna().tolist() == [True, False, False, False]
+    lat = frame[frame["figure"] == "latency_ms:total:p50"]
+    assert lat["position"].tolist() == [0, 1, 2, 3]  # latency continues across the migration
+
+
+def test_a_history_of_a_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "new.sqlite"
+    HistoryStore(db).close()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    with pytest.raises(HistoryError, match="history schema 3, this harness reads 1 to 2"):
+        HistoryStore(db)
 
 
 def test_commit_time_from_git_else_the_run_creation(tmp_path):

@@ -26,9 +26,11 @@ from harness.history.store import HistoryError, HistoryStore
 
 FORMATS = ("html", "md", "csv", "parquet")
 FILES = {"html": "index.html", "md": "summary.md", "csv": "series.csv", "parquet": "series.parquet"}
+# stem, embedder_id and reference_id say what a series measured; run_figure, what the run called it.
 SERIES_COLUMNS = ["position", "commit_sha", "date", "commit_time_source", "cell_key", "cell_label", "figure",
-                  "unit", "better", "scale", "runs", "value", "ci_low", "ci_high", "confidence", "n", "se", "level",
-                  "step", "environment_change", "env_key", "source", "run_key"]
+                  "stem", "embedder_id", "reference_id", "run_figure", "unit", "better", "scale", "runs", "value",
+                  "ci_low", "ci_high", "confidence", "n", "se", "level", "step", "environment_change", "env_key",
+                  "source", "run_key"]
 
 
 @dataclass

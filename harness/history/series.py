@@ -1,4 +1,8 @@
-"""The series of a history (one per cell and figure) and their steps, named by commit.
+"""The series of a history (one per cell and measured figure) and their steps, named by commit.
+
+A series is keyed by what was measured: the cell, the figure's stem, the embedder and reference
+ids of a quality figure, and the unit (``HistoryStore.frame``), never by the name one run gave it:
+that name depends on the run's other rows, and two embedders' weights may share it.
 
 Each point's standard error comes from what the run stored (``changepoints.point_se``); steps
 come from ``changepoints.detect``. A step where the environment changed (another GPU or CPU
@@ -24,6 +28,9 @@ from harness.history.changepoints import (
 )
 
 FRACTIONS = ("failed_fraction", "flagged_fraction")
+# ``figure`` is in the key although the ids determine it: a quality point added before ids were
+# stored has none, and only its name tells it apart.
+SERIES_KEY = ["cell_key", "stem", "embedder_id", "reference_id", "figure", "unit"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class SeriesStep:
     relative: bool
     kind: str  # regression | improvement | change (no direction known) | environment
     environment_change: str  # e.g. "torch 2.13.0 → 2.14.0"; empty when the environment stayed
+    embedder_id: str | None = None  # quality figures: what measured the series
+    reference_id: str | None = None
 
 
 def analyse(frame: pd.DataFrame, penalty: float = DEFAULT_PENALTY, min_size: int = DEFAULT_MIN_SIZE,
@@ -56,7 +65,8 @@ def analyse(frame: pd.DataFrame, penalty: float = DEFAULT_PENALTY, min_size: int
     positions = {c: i for i, c in enumerate(dict.fromkeys(frame["commit_sha"]))}
     parts, steps = [], []
     # The unit is part of a series: per-sample run timings and per-call bench timings never mix.
-    for (cell_key, figure, _), part in frame.groupby(["cell_key", "figure", "unit"], sort=False):
+    # dropna=False: latency, memory and fractions have no embedder or reference id.
+    for (cell_key, _, _, _, figure, _), part in frame.groupby(SERIES_KEY, sort=False, dropna=False):
         part = part.copy()
         part["position"] = part["commit_sha"].map(positions)
         part["se"] = [_se(row) for row in part.itertuples()]
@@ -134,7 +144,11 @@ def _series_step(part: pd.DataFrame, st: Any, cell_key: str, figure: str) -> Ser
         kind = "change"
     return SeriesStep(cell_key, row["cell_label"], figure, row["unit"], row["commit_sha"], prev["commit_sha"],
                       row["date"], int(row["position"]), st.before, st.after, st.size, st.ci_low, st.ci_high,
-                      st.relative, kind, env)
+                      st.relative, kind, env, _id(row["embedder_id"]), _id(row["reference_id"]))
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
 
 
 def recent(steps: list[SeriesStep], frame: pd.DataFrame, last: int) -> list[SeriesStep]:

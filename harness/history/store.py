@@ -8,6 +8,12 @@ flagged fractions. Cells are keyed by their settings without library versions
 run, and a change of it is reported as such.
 
 A run is identified by its content (environment and figures), so adding it again changes nothing.
+
+A quality figure's name in a run (``results.quality_names``) depends on the other rows of its
+cell in that run (``#<embedder id>`` only where one run scored with two embedders), so the
+history stores what measured it (``embedder_id``, ``reference_id``) and keys a series by that;
+``frame`` names each series by its stem, with a suffix only where two series of one cell in the
+whole history share a stem.
 """
 
 from __future__ import annotations
@@ -54,10 +60,17 @@ CREATE TABLE IF NOT EXISTS points (
     ci_high REAL,
     confidence REAL,
     observations TEXT,                 -- JSON list of raw observations (per-call ms, per-sample scores)
+    embedder_id TEXT,                  -- quality figures: the weights and front end that measured them
+    reference_id TEXT,                 -- quality figures: what they were measured against
     PRIMARY KEY (run_key, cell_key, figure)
 );
 """
-SCHEMA_VERSION = 1
+# 2: points.embedder_id and points.reference_id (NULL for latency, memory, fractions, and for
+# quality points added by a version-1 harness, which did not store them). A version-1 file is
+# migrated in place on opening; a file of a newer version is refused rather than misread.
+SCHEMA_VERSION = 2
+_ADDED_IN_2 = ("embedder_id", "reference_id")
+NO_ID = " (no id)"  # suffix of a quality series added before ids were stored, where it shares a stem
 
 
 class HistoryError(HarnessError, ValueError):
@@ -97,13 +110,46 @@ class HistoryStore:
         try:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as err:
+            self.db.close()
             raise HistoryError(f"{self.path} is not a history file ({err}); pass another --history path") from None
-        version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if version is None:
-            with self.db:
-                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(version["value"]) != SCHEMA_VERSION:
-            raise HistoryError(f"{self.path}: history schema {version['value']}, this harness reads {SCHEMA_VERSION}")
+        try:
+            self._migrate()
+        except HistoryError:
+            self.db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Bring a version-1 file to this schema in place (new nullable columns); refuse a newer one."""
+        if self._schema_state() == (SCHEMA_VERSION, set()):
+            return  # up to date: no write lock, so a read-only history still reads
+        try:
+            # IMMEDIATE, and looked at again under the lock: two CI jobs opening one old file
+            # must not both add the columns.
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                version, missing = self._schema_state()
+                for column in _ADDED_IN_2:
+                    if column in missing:
+                        self.db.execute(f"ALTER TABLE points ADD COLUMN {column} TEXT")
+                if version != SCHEMA_VERSION:
+                    self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            except BaseException:
+                self.db.rollback()
+                raise
+            self.db.commit()
+        except sqlite3.OperationalError as err:
+            raise HistoryError(f"{self.path}: cannot bring the history file to schema {SCHEMA_VERSION} ({err}); "
+                               "open it once where it is writable") from None
+
+    def _schema_state(self) -> tuple[int | None, set[str]]:
+        """The file's schema version (None: not yet written) and the columns of this schema it lacks."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row["value"]) if row is not None else None
+        if version is not None and not 1 <= version <= SCHEMA_VERSION:
+            raise HistoryError(f"{self.path}: history schema {version}, this harness reads 1 to {SCHEMA_VERSION}; "
+                               "use a newer harness or another --history file")
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(points)")}
+        return version, set(_ADDED_IN_2) - have
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -141,19 +187,33 @@ class HistoryStore:
             self.db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)", (
                 run_key, str(run_dir), commit, when, source, created, time.time(),
                 json.dumps(env, sort_keys=True), json.dumps(summary.environment_key(), sort_keys=True)))
-            self.db.executemany("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
-                (run_key, key, label, name, fig.value, fig.better, fig.unit, fig.scale, fig.n, fig.ci_low,
-                 fig.ci_high, fig.confidence, json.dumps(fig.samples) if fig.samples else None)
-                for key, label, name, fig in points])
+            # Columns named: a migrated file has the new ones last, as ALTER TABLE put them.
+            self.db.executemany(
+                "INSERT INTO points (run_key, cell_key, cell_label, figure, value, better, unit, scale, n, ci_low, "
+                "ci_high, confidence, observations, embedder_id, reference_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
+                    (run_key, key, label, name, fig.value, fig.better, fig.unit, fig.scale, fig.n, fig.ci_low,
+                     fig.ci_high, fig.confidence, json.dumps(fig.samples) if fig.samples else None,
+                     fig.embedder_id, fig.reference_id)
+                    for key, label, name, fig in points])
         return AddResult(str(run_dir), run_key, commit, when, source, len(points), added=True)
 
     def frame(self) -> pd.DataFrame:
-        """One row per (run, cell, figure), in history order (commit time, then run creation)."""
+        """One row per (run, cell, figure), in history order (commit time, then run creation).
+
+        ``run_figure`` is the name the run gave the figure; ``stem``, ``embedder_id`` and
+        ``reference_id`` say what was measured, and ``figure`` is the series' name over the history."""
         frame = pd.read_sql_query(
             "SELECT p.*, r.commit_sha, r.commit_time, r.commit_time_source, r.run_created, r.source, "
             "r.env_key, r.added_at FROM points p JOIN runs r ON r.run_key = p.run_key "
             "ORDER BY r.commit_time, r.run_created, r.added_at, p.cell_key, p.figure", self.db)
         frame["date"] = pd.to_datetime(frame["commit_time"], unit="s", utc=True).dt.strftime("%Y-%m-%d %H:%M")
+        frame = frame.rename(columns={"figure": "run_figure"})
+        # A point without an embedder id (latency, memory, a fraction, or a quality point a
+        # version-1 harness added) is identified by its name as stored: nothing else is known.
+        known = frame["embedder_id"].notna()
+        frame["stem"] = frame["run_figure"].where(~known, frame["run_figure"].map(figure_stem))
+        frame["figure"] = series_names(frame)
         return frame
 
     def runs(self) -> list[dict[str, Any]]:
@@ -161,7 +221,38 @@ class HistoryStore:
         return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY commit_time, run_created, added_at")]
 
 
+def figure_stem(name: str) -> str:
+    """``metric:embedder`` without the ``@reference`` / ``#embedder`` suffixes a run's name may carry."""
+    return name.split("@", 1)[0].split("#", 1)[0]
+
+
+def series_names(frame: pd.DataFrame) -> pd.Series:
+    """Each row's series name: its stem, with ``quality_names``' suffixes only where two series of one
+    cell in the whole history share the stem, so a name does not depend on one run's neighbours.
+
+    ``frame`` has ``cell_key``, ``run_figure``, ``stem``, ``embedder_id`` and ``reference_id``."""
+    names = frame["stem"].copy()
+    known = frame["embedder_id"].notna()
+    legacy_stems = frame.loc[~known, "run_figure"].map(figure_stem)
+    for (cell_key, stem), group in frame[known].groupby(["cell_key", "stem"], sort=False):
+        pairs = set(zip(group["embedder_id"], group["reference_id"].fillna("")))
+        many_refs, many_ids = len({r for _, r in pairs}) > 1, len({e for e, _ in pairs}) > 1
+        # The same shortening as quality_names: the reference's first 12 characters, the id's hash's first 8.
+        short = {(e, r): stem + (f"@{r[:12]}" if many_refs else "")
+                 + (f"#{e.rsplit('-', 1)[-1][:8]}" if many_ids else "") for e, r in pairs}
+        if len(set(short.values())) < len(pairs):  # shortened ids that collide: the full ones never do
+            short = {p: f"{stem}@{p[1]}#{p[0]}" for p in pairs}
+        keys = zip(group["embedder_id"], group["reference_id"].fillna(""))
+        names.loc[group.index] = [short[k] for k in keys]
+        # An unidentified quality series of this cell and stem stays apart, and says why.
+        clash = ~known & (frame["cell_key"] == cell_key) & (legacy_stems.reindex(frame.index) == stem)
+        names.loc[clash] = frame.loc[clash, "run_figure"] + NO_ID
+    return names
+
+
 def _run_key(env: dict[str, Any], points: list) -> str:
+    # Unchanged by schema 2: the figures (asdict) always carried embedder_id and reference_id,
+    # so a run added before the migration is still recognised and not added a second time.
     payload = {"environment": env, "points": [[k, n, asdict(f)] for k, _, n, f in points]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
