@@ -263,6 +263,11 @@ def quality_names(metric_rows: Sequence[dict[str, Any]]) -> dict[tuple, str]:
     return names
 
 
+def figure_stem(name: str) -> str:
+    """``metric:embedder`` without the ``@reference`` / ``#embedder`` suffixes ``quality_names`` may add."""
+    return name.split("@", 1)[0].split("#", 1)[0]
+
+
 def _quality_names(runs: Sequence[RunData]) -> dict[tuple, str]:
     return quality_names([m for run in runs for m in run.metrics])
 

@@ -43,6 +43,7 @@ from harness.environment import environment_differences as env_differences
 from harness.errors import HarnessError
 from harness.gate.policy import Policy, Rule
 from harness.gate.summary import Figure, Summary, non_finite
+from harness.results import figure_stem
 from harness.score.metrics.bootstrap import paired_bootstrap
 
 Status = Literal["pass", "improved", "regression", "inconclusive", "missing", "incomparable"]
@@ -175,15 +176,10 @@ def candidate_figure(figures: dict[str, Figure], name: str, base: Figure) -> Fig
         return figures[name]
     if base.embedder_id is None:
         return None
-    stem = _stem(name)
-    same = [f for n, f in figures.items() if _stem(n) == stem and f.embedder_id == base.embedder_id
+    stem = figure_stem(name)
+    same = [f for n, f in figures.items() if figure_stem(n) == stem and f.embedder_id == base.embedder_id
             and f.reference_id == base.reference_id]
     return same[0] if len(same) == 1 else None
-
-
-def _stem(name: str) -> str:
-    """``metric:embedder`` without the ``@reference`` / ``#embedder`` suffixes."""
-    return name.split("@", 1)[0].split("#", 1)[0]
 
 
 def judge(cell: str, label: str, name: str, base: Figure, cand: Figure, rule: Rule, alpha: float,

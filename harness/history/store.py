@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.results import figure_stem
 
 DEFAULT_FILE = "history.sqlite"
 SCHEMA = """
@@ -219,11 +220,6 @@ class HistoryStore:
     def runs(self) -> list[dict[str, Any]]:
         """Every run row, in history order."""
         return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY commit_time, run_created, added_at")]
-
-
-def figure_stem(name: str) -> str:
-    """``metric:embedder`` without the ``@reference`` / ``#embedder`` suffixes a run's name may carry."""
-    return name.split("@", 1)[0].split("#", 1)[0]
 
 
 def series_names(frame: pd.DataFrame) -> pd.Series:
