@@ -178,3 +178,170 @@ def test_missing_weights_and_bad_options_are_one_line_errors(tmp_path, monkeypat
         get_embedder("tiny-openl3", content_type="speech")
     with pytest.raises(EmbedderError, match="channels"):
         get_embedder("tiny-openl3", channels=3)
+
+
+# --- stereo files: left and right apart, as stable-audio-metrics' extract_embeddings (channels=2) ---
+
+def _stereo(n: int, seed: int) -> np.ndarray:
+    """(n, 2) float32: a tone on the left, noise on the right, both peaking at exactly 0.5."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 16000
+    left = 0.3 * np.sin(2 * np.pi * (330 + 40 * seed) * t) + rng.normal(0, 0.02, n)
+    right = rng.normal(0, 0.1, n)
+    for ch in (left, right):
+        ch *= 0.5 / np.max(np.abs(ch))
+    return np.stack([left, right], axis=1).astype(np.float32)
+
+
+def _write(path, data, rate):
+    import soundfile as sf
+
+    sf.write(path, data, rate, subtype="FLOAT")  # float32 WAV: the samples come back exactly
+    return path
+
+
+def _embed_files(paths, embedder, cache=None, listed=None):
+    """embed_sources over files (``listed``: (content hash, channel count) per file, as a reference manifest gives)."""
+    from harness.score.embed.cache import AudioSource, embed_sources
+    from harness.score.reference import clip_loader
+
+    sources = [AudioSource(str(p), clip_loader(p), *(listed[k] if listed else (None, None)))
+               for k, p in enumerate(paths)]
+    result = embed_sources(sources, [embedder], cache, workers=0)
+    assert not result.errors
+    return result.embeddings[embedder.name], result
+
+
+def test_stereo_file_embeds_each_channel_as_its_own_mono_file(tmp_path):
+    stereo = get_embedder("tiny-openl3")
+    d = stereo.dim // 2
+    data = _stereo(24000, 0)
+    files = [_write(tmp_path / "lr.wav", data, 16000), _write(tmp_path / "l.wav", data[:, 0], 16000),
+             _write(tmp_path / "r.wav", data[:, 1], 16000)]
+    both, left, right = _embed_files(files, stereo)[0]
+    assert both.shape == (3, 2 * d)  # 1.5 s
+    # equal peaks, so the joint gain is each channel's own: bit-identical to the mono files
+    np.testing.assert_array_equal(both, np.concatenate([left[:, :d], right[:, :d]], axis=1))
+    np.testing.assert_array_equal(left[:, :d], left[:, d:])  # a mono file stays [e, e]
+    assert np.abs(both[:, :d] - both[:, d:]).max() > 1e-3  # the channels really differ
+    # channels=1 still embeds the mono mix
+    mono = get_embedder("tiny-openl3", channels=1)
+    mix = Clip(data.mean(axis=1, dtype=np.float32), 16000)
+    np.testing.assert_array_equal(_embed_files(files[:1], mono)[0][0], mono.embed_audio([mono.audio_of(mix)])[0])
+
+
+def test_stereo_peak_is_taken_over_all_channels_and_extra_channels_are_dropped(tmp_path):
+    # pyln.normalize.peak on the (samples, channels) array: one gain from the largest sample of any
+    # channel; with more than two channels the reference embeds audio[:, 0] and audio[:, 1]
+    import soxr
+
+    embedder = get_embedder("tiny-openl3")
+    d = embedder.dim // 2
+    data = _stereo(20000, 1) * np.array([1.0, 0.5], dtype=np.float32)
+    third = np.concatenate([data, 0.9 * np.ones((20000, 1), np.float32)], axis=1)  # the loudest channel
+    got2, got3 = _embed_files([_write(tmp_path / "two.wav", data, 16000), _write(tmp_path / "three.wav", third, 16000)],
+                              embedder)[0]
+    for got, x in ((got2, data), (got3, third)):
+        gain = 10 ** (-1 / 20) / np.max(np.abs(x.astype(np.float64)))
+        channels = [soxr.resample(gain * x[:, c].astype(np.float64), 16000, 44100, quality="HQ") for c in (0, 1)]
+        want = [embedder.embed_audio([ch])[0][:, :d] for ch in channels]
+        np.testing.assert_array_equal(got, np.concatenate(want, axis=1))
+    with pytest.raises(EmbedderError, match="channels=1"):
+        get_embedder("tiny-openl3", channels=1).embed_audio([np.zeros((2, 44100))])
+
+
+def test_mono_file_is_unchanged_and_keeps_its_cache_key_and_identity(tmp_path):
+    import hashlib
+    import json
+
+    import soxr
+
+    embedder = get_embedder("tiny-openl3")
+    samples = np.random.default_rng(4).normal(0, 0.1, 20000).astype(np.float32)
+    path = _write(tmp_path / "m.wav", samples, 16000)
+    got = _embed_files([path], embedder)[0][0]
+    # the pipeline as it was before stereo files were read per channel, written out
+    x = soxr.resample(peak_normalize(samples.astype(np.float64)), 16000, 44100, quality="HQ")
+    frames = openl3_frames(resample_kaiser_best(x, 44100, 48000))
+    with torch.no_grad():
+        e = embedder.model(torch.from_numpy(frames.astype(np.float32))).numpy()
+    np.testing.assert_array_equal(got, np.concatenate([e, e], axis=1))
+    clip = Clip.from_file(path)
+    assert clip.multichannel is None and embedder.cache_key(clip) == clip.sha256
+    # the identity (so every existing cache entry's folder) is what it was: weights aside, pinned
+    ident = embedder.identity()
+    ident.pop("weights_sha256")
+    assert hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16] == "dd0473510e2a43aa"
+
+
+def test_same_mix_different_channels_never_share_a_cache_entry(tmp_path):
+    from harness.score.embed.cache import EmbeddingCache
+
+    embedder = get_embedder("tiny-openl3")
+    d = embedder.dim // 2
+    data = _stereo(20000, 2)
+    files = [_write(tmp_path / "lr.wav", data, 16000), _write(tmp_path / "rl.wav", data[:, ::-1], 16000),
+             _write(tmp_path / "mix.wav", data.mean(axis=1, dtype=np.float32), 16000)]
+    clips = [Clip.from_file(f) for f in files]
+    assert len({c.sha256 for c in clips}) == 1  # one mono mix, one content hash
+    assert len({embedder.cache_key(c) for c in clips}) == 3
+    other = get_embedder("tiny-openl3", channels=1)  # as every embedder that does not read channels
+    assert {other.cache_key(c) for c in clips} == {clips[0].sha256} and not other.reads_channels
+    cache = EmbeddingCache(tmp_path / "cache")
+    # what the code before per-channel embedding cached for lr.wav under the mono hash: [e(mix), e(mix)]
+    old = embedder.embed_audio([embedder.audio_of(Clip(clips[0].samples, 16000))])[0]
+    cache.put(embedder, clips[0].sha256, old)
+    listed = [(c.sha256, c.n_channels) for c in clips]
+    first, result = _embed_files(files[:2], embedder, cache, listed)
+    assert result.computed[embedder.name] == 2 and result.cached[embedder.name] == 0  # no hit on it
+    lr, rl = first
+    np.testing.assert_array_equal(rl, np.concatenate([lr[:, d:], lr[:, :d]], axis=1))
+    assert np.abs(lr - rl).max() > 1e-3 and np.abs(lr - old).max() > 1e-3
+    # mix.wav, listed as mono, is looked up before decoding and hits that entry: it is its embedding
+    mono, result = _embed_files(files[2:], embedder, cache, listed[2:])
+    assert result.cached[embedder.name] == 1 and result.computed[embedder.name] == 0
+    np.testing.assert_array_equal(mono[0], old)
+    # again, listed or not: stereo files hit their own entries
+    for how in (listed[:2], None, [(clips[0].sha256, None)] * 2):
+        again, result = _embed_files(files[:2], embedder, cache, how)
+        assert result.cached[embedder.name] == 2 and result.computed[embedder.name] == 0
+        np.testing.assert_array_equal(again[0], lr)
+        np.testing.assert_array_equal(again[1], rl)
+
+
+def test_fd_openl3_of_the_protocol_uses_the_channels_of_a_stereo_reference(tmp_path, tiny_audio_path, sweep_writer):
+    # score --protocol stable-audio-metrics on a stereo reference folder: FD_openl3 pools
+    # [e(left), e(right)] frames of the references, not [e(mix), e(mix)]
+    from harness.cli import main
+    from harness.generate.run import run_sweep
+    from harness.score.metrics.stable_audio import fd_openl3
+    from harness.store import RunStore
+
+    run_sweep(sweep_writer(tmp_path / "sweep.toml"), tmp_path / "run", progress=False)
+    store = RunStore.read_only(tmp_path / "run")
+    samples = [s for s in store.samples() if s["status"] == "ok"]
+    store.close()
+    (tmp_path / "ref").mkdir()
+    refs = [_write(tmp_path / "ref" / f"{pid}.wav", _stereo(32000, k), 16000)
+            for k, pid in enumerate(sorted({s["prompt_id"] for s in samples}))]
+    code = main(["score", str(tmp_path / "run"), "--reference", str(tmp_path / "ref"),
+                 "--protocol", "stable-audio-metrics", "--pair-by", "stem", "--cache-dir", str(tmp_path / "cache"),
+                 "--bootstrap", "0", "--no-progress",
+                 "--protocol-embedder", "openl3=tiny-openl3", "--protocol-embedder", "passt=tiny-passt",
+                 "--protocol-embedder", "clap=tiny-clap"])
+    assert code == 0
+    store = RunStore.read_only(tmp_path / "run")
+    (row,) = [r for r in store.metrics() if r["details"].get("protocol", {}).get("label") == "FD_openl3"]
+    store.close()
+    openl3 = get_embedder("tiny-openl3", content_type="env", channels=2)
+    gen = openl3.embed_audio([openl3.audio_of(Clip.from_file(tmp_path / "run" / s["audio_path"])) for s in samples])
+    d = openl3.dim // 2
+    per_channel, mixed = [], []
+    for path in refs:
+        clip = Clip.from_file(path)
+        channels = [Clip(clip.multichannel[c], 16000) for c in (0, 1)]  # equal peaks: each its own mono file
+        per_channel.append(np.concatenate([openl3.embed_audio([openl3.audio_of(c)])[0][:, :d] for c in channels],
+                                          axis=1))
+        mixed.append(openl3.embed_audio([openl3.audio_of(Clip(clip.samples, 16000))])[0])
+    assert row["value"] == pytest.approx(fd_openl3(gen, per_channel).value, rel=1e-6)
+    assert row["value"] != pytest.approx(fd_openl3(gen, mixed).value, rel=1e-3)

@@ -75,7 +75,7 @@ class Reference:
         root = self.reference_set.root
         for e in self.reference_set.entries:
             self.source_index.append(len(sources))
-            sources.append(AudioSource(str(root / e.path), clip_loader(root / e.path), e.audio_sha256))
+            sources.append(AudioSource(str(root / e.path), clip_loader(root / e.path), e.audio_sha256, e.channels))
 
     def finish(self, keys: list[str | None], errors: dict[int, str], cell_rows: list[dict] | None = None) -> None:
         """Fix the identity once the clips are embedded; a folder clip that failed is an error."""

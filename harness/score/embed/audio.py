@@ -1,7 +1,9 @@
 """Audio as embedders see it: mono float32 samples, a content hash, resampled copies per rate.
 
 * Decoding and content hash: ``harness.data.audio`` (mono float32 by channel mean; sha256 of
-  the rate and the sample bytes, independent of path and container).
+  the rate and the sample bytes, independent of path and container). A clip decoded from a
+  multi-channel file also keeps its channels (``Clip.multichannel``) for the embedders that read
+  them (``openl3`` with ``channels=2``); the others see only the mono mix.
 * Resampling: soxr (``RESAMPLER`` quality), computed at most once per target rate per clip and
   shared by every embedder that needs that rate.
 """
@@ -9,11 +11,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from harness.data.audio import content_sha256, read_mono
+from harness.data.audio import channels_sha256, content_sha256, read_channels, read_mono
 
 __all__ = ["RESAMPLER", "Clip", "content_sha256", "peak_normalize", "read_mono"]
 
@@ -40,19 +43,39 @@ class Clip:
 
     samples: np.ndarray  # mono float32 at sample_rate
     sample_rate: int
-    sha256: str = ""
+    sha256: str = ""  # content hash of the mono samples
+    multichannel: np.ndarray | None = field(default=None, repr=False)  # (channels, n) float32 of a 2+ channel file
     _resampled: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.samples = np.ascontiguousarray(self.samples, dtype=np.float32).reshape(-1)
         if not self.sha256:
             self.sha256 = content_sha256(self.samples, self.sample_rate)
+        if self.multichannel is not None:
+            self.multichannel = np.ascontiguousarray(self.multichannel, dtype=np.float32)
+            if self.multichannel.ndim != 2 or self.multichannel.shape[1] != self.samples.size:
+                raise ValueError(f"multichannel samples of shape {self.multichannel.shape} do not fit "
+                                 f"{self.samples.size} mono samples")
+            if self.multichannel.shape[0] == 1:
+                self.multichannel = None  # one channel is the mono clip itself
 
     @classmethod
     def from_file(cls, path: str | Path) -> Clip:
-        """Decode a file to a mono clip."""
-        samples, rate, _ = read_mono(path)
-        return cls(samples, rate)
+        """Decode a file: its mono mix, and its channels when it has more than one."""
+        samples, rate, channels = read_channels(path)
+        return cls(samples, rate, multichannel=channels)
+
+    @property
+    def n_channels(self) -> int:
+        """Channel count of the decoded file (1 for a mono clip)."""
+        return 1 if self.multichannel is None else int(self.multichannel.shape[0])
+
+    @cached_property
+    def channels_sha256(self) -> str:
+        """Hash of every channel (``harness.data.audio.channels_sha256``); a mono clip's content hash."""
+        if self.multichannel is None:
+            return self.sha256
+        return channels_sha256(self.multichannel, self.sample_rate)
 
     @property
     def duration_s(self) -> float:

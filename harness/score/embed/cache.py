@@ -5,10 +5,14 @@ Cache layout: ``<root>/<identity_key>/<sha[:2]>/<sha>.npy`` per audio clip (floa
 ``<root>/<identity_key>/<output>/<sha[:2]>/<sha>.npy`` per extra output of a clip (e.g. PANN's
 ``logits``, (1, 527)),
 where ``sha`` is the clip's content hash (``harness.score.embed.audio.content_sha256``: decoded
-float samples + rate, never the path) or the sha256 of the UTF-8 text, and ``identity_key``
+mono float samples + rate, never the path) or the sha256 of the UTF-8 text, and ``identity_key``
 digests the embedder's identity (name, code version, weights checksum, preprocessing). So a
 moved or renamed file hits, changed audio misses, and changed weights or settings miss.
-``<root>/<identity_key>/identity.json`` records the full identity for people.
+``<root>/<identity_key>/identity.json`` records the full identity for people. An embedder that
+``reads_channels`` (``openl3`` with ``channels=2``) files a multi-channel clip under the hash of
+all its channels (``Embedder.cache_key``), so files with the same mono mix but different channels
+never share an entry; a listed source's content hash cannot find that entry, so such a source is
+decoded (unless it is listed as mono) and looked up under its channels hash.
 
 The root is ``$AUDIOLDM2_HARNESS_CACHE/embeddings`` (default ``~/.cache/audioldm2-harness/
 embeddings``) unless one is given (e.g. a folder inside the run). Files are written to a
@@ -103,6 +107,7 @@ class AudioSource:
     label: str  # shown in errors, e.g. the file path
     load: Callable[[], Clip]
     key: str | None = None
+    channels: int | None = None  # the file's channel count when listed (None: known once decoded)
 
 
 @dataclass
@@ -166,47 +171,57 @@ class _Decoding:
     def __init__(self, sources: Sequence[AudioSource], embedders: Sequence[Embedder],
                  cache: EmbeddingCache | None, result: EmbedResult, pool: ThreadPoolExecutor | None) -> None:
         self.sources, self.embedders, self.cache, self.result, self.pool = sources, embedders, cache, result, pool
-        self.wanted: list[tuple[int, list[Embedder]]] = []
+        # (source index, embedders that miss so far, those of them not looked up yet)
+        self.wanted: list[tuple[int, list[Embedder], list[Embedder]]] = []
         self.pending: list = []
 
     def start(self, part: range) -> None:
         """Look the chunk up in the cache and start decoding what misses."""
         self.wanted = []
         for i in part:
-            missing = list(self.embedders)
-            if self.sources[i].key is not None and self.cache is not None:
-                missing = _lookup(self.cache, missing, self.sources[i].key, i, self.result)
+            src, missing, unlooked = self.sources[i], list(self.embedders), []
+            if src.key is not None and self.cache is not None:
+                # a file not listed as mono may be filed under its channels hash by an embedder
+                # that reads channels: that key is known once it is decoded
+                unlooked = [e for e in missing if e.reads_channels and src.channels != 1]
+                early = [e for e in missing if e not in unlooked]
+                missing = _lookup(self.cache, early, {e.name: src.key for e in early}, i, self.result) + unlooked
+            elif self.cache is not None:
+                unlooked = missing
             if missing:
-                self.wanted.append((i, missing))
+                self.wanted.append((i, missing, unlooked))
         run = self.pool.submit if self.pool is not None else _now
-        self.pending = [run(self._decode, i, missing) for i, missing in self.wanted]
+        self.pending = [run(self._decode, i, missing) for i, missing, _ in self.wanted]
 
     def finish(self) -> dict[str, list[tuple[int, str, np.ndarray]]]:
-        """(index, content hash, embedder input) per embedder and miss, in source order."""
+        """(index, cache key, embedder input) per embedder and miss, in source order."""
         todo: dict[str, list[tuple[int, str, np.ndarray]]] = {e.name: [] for e in self.embedders}
-        for (i, missing), pending in zip(self.wanted, self.pending):
-            key, audio = pending.result()
+        for (i, missing, unlooked), pending in zip(self.wanted, self.pending):
+            key, audio, keys = pending.result()
             if key is None:
                 self.result.errors[i] = audio
                 continue
             self.result.keys[i] = key
-            if self.sources[i].key is None and self.cache is not None:  # known only now: look it up
-                missing = _lookup(self.cache, missing, key, i, self.result)
+            if unlooked:  # their keys are known only now: look them up
+                found_missing = _lookup(self.cache, unlooked, keys, i, self.result)
+                missing = [e for e in missing if e not in unlooked or e in found_missing]
             for e in missing:
-                todo[e.name].append((i, key, audio[e.name]))
+                todo[e.name].append((i, keys[e.name], audio[e.name]))
         return todo
 
-    def _decode(self, i: int, missing: list[Embedder]) -> tuple[str | None, dict[str, np.ndarray] | str]:
+    def _decode(self, i: int, missing: list[Embedder]) -> tuple[str | None, dict[str, np.ndarray] | str,
+                                                                 dict[str, str]]:
+        """(content hash, embedder inputs, cache keys), by embedder name; (None, why, {}) on failure."""
         src = self.sources[i]
         try:
             clip = src.load()
         except Exception as err:  # noqa: BLE001 - reported per source, never dropped silently
-            return None, f"cannot decode {src.label}: {type(err).__name__}: {err}"
+            return None, f"cannot decode {src.label}: {type(err).__name__}: {err}", {}
         if src.key is not None and clip.sha256 != src.key:
-            return None, f"{src.label} changed since it was listed (content hash differs)"
+            return None, f"{src.label} changed since it was listed (content hash differs)", {}
         if clip.samples.size == 0 or not np.isfinite(clip.samples).all():
-            return None, f"{src.label} is empty or has non-finite samples"
-        return clip.sha256, {e.name: e.audio_of(clip) for e in missing}
+            return None, f"{src.label} is empty or has non-finite samples", {}
+        return clip.sha256, {e.name: e.audio_of(clip) for e in missing}, {e.name: e.cache_key(clip) for e in missing}
 
 
 class _now:
@@ -245,12 +260,13 @@ def _write_cache(cache: EmbeddingCache | None, puts: list) -> None:
             cache.put(embedder, key, value, kind=kind)
 
 
-def _lookup(cache: EmbeddingCache, embedders: list[Embedder], key: str, i: int,
+def _lookup(cache: EmbeddingCache, embedders: list[Embedder], keys: dict[str, str], i: int,
             result: EmbedResult) -> list[Embedder]:
+    """Fill ``result`` from ``cache`` (``keys``: cache key by embedder name); the embedders that miss."""
     missing = []
     for e in embedders:
-        arr = cache.get(e, key)
-        extras = {o: cache.get(e, key, kind=o) for o in e.output_dims()} if arr is not None else {}
+        arr = cache.get(e, keys[e.name])
+        extras = {o: cache.get(e, keys[e.name], kind=o) for o in e.output_dims()} if arr is not None else {}
         if arr is None or any(v is None for v in extras.values()):
             missing.append(e)  # every output is recomputed together
         else:

@@ -24,9 +24,20 @@ embeddings by up to 3e-4, because the float32 front end is not exactly gain-inva
 ``embed_audio`` takes those samples, resamples them to 48 kHz with resampy's ``kaiser_best``
 algorithm written out in torch (float64) (``resample_kaiser_best``; the filter is recomputed from its
 published parameters and equals resampy's table to 2e-16, the output equals resampy's to 5e-16),
-frames them as in step 3, and runs the network. Stereo files reach the harness already
-down-mixed, so for them ``channels=2`` gives ``[e(mean), e(mean)]`` where stable-audio-metrics
-gives ``[e(left), e(right)]``; AudioLDM 2's output is mono, where the two agree.
+frames them as in step 3, and runs the network. With ``channels=2`` a stereo file is embedded
+as the reference does (step 4): ``audio_of`` takes the file's channels (``Clip.multichannel``),
+peak-normalises them together (one gain from the largest sample of either channel, as
+``pyln.normalize.peak`` does on the (samples, channels) array), resamples each channel with soxr
+(soxr on that 2-D array is per channel: the same samples) and hands (2, n) to ``embed_audio``,
+which embeds each channel exactly as a mono clip and concatenates: ``[e(left), e(right)]``. A
+file with more than two channels is treated as the reference treats it: the peak is taken over
+every channel and only the first two are embedded (``audio[:, 0]``, ``audio[:, 1]``). A mono
+file is unchanged: ``[e, e]``. Such an embedding depends on the channels, not only on the mono
+mix the content hash covers, so it is cached under the hash of all channels (``cache_key``;
+mono files keep their content hash, so the cache entries of mono files stay valid and the
+identity is unchanged). With ``channels=1`` a stereo file is mixed to mono (channel mean) before
+the peak normalisation, as the reference's unbatched path (``librosa.load(mono=True)``) does
+(its batched path mixes after the normalisation and soxr: the same up to the gain).
 
 The network is torchopenl3's ``PytorchOpenl3`` (mel256, 512-d; a port of the Keras model with
 kapre 0.1.4's front end): parameter and buffer names equal those of its published files
@@ -56,7 +67,7 @@ if TYPE_CHECKING:
     import torch
 
 from harness.score.embed._torch import TorchEmbedder, local_weights_path
-from harness.score.embed.audio import RESAMPLER, Clip
+from harness.score.embed.audio import RESAMPLER, Clip, peak_normalize
 from harness.score.embed.registry import EmbedderError, register
 
 __all__ = ["OpenL3Embedder", "TinyOpenL3Embedder", "build_openl3", "openl3_frames", "openl3_mel_basis",
@@ -262,35 +273,62 @@ class _OpenL3Base(TorchEmbedder):
                 "peak_normalize": "to -1 dBFS at the file's rate, then soxr (silence left as is)",
                 "to_48k": "resampy kaiser_best (torch float64)", "spectrum": "float32 DFT conv1d, periodic hann, keras same",
                 "embedding": "max over audio_embedding_layer map",
+                # Left unchanged when stereo files began to be embedded per channel (with channels=2):
+                # that changed no mono result, stereo files moved to their own cache keys
+                # (cache_key), and a new identity would have orphaned every cached mono entry.
                 "mono": "mean of channels",
                 "stereo": "[e, e] (mono input faked to stereo)" if self.channels == 2 else "none",
                 "pooling": self.pooling, "resampler": RESAMPLER}
 
+    @property
+    def reads_channels(self) -> bool:
+        """With ``channels=2`` a stereo file's left and right channels are embedded apart."""
+        return self.channels == 2
+
     def audio_of(self, clip: Clip) -> np.ndarray:
-        """Step 1 before step 2, as the reference: peak-normalised at the file's rate, then soxr to 44.1 kHz."""
-        return clip.peak_normalized_at_rate(self.sample_rate, FRONT_END["peak_dbfs"])
+        """Step 1 before step 2, as the reference: peak-normalised at the file's rate, then soxr to 44.1 kHz;
+        (2, n) left and right for a multi-channel file with ``channels=2``, else (n,) mono."""
+        if not (self.reads_channels and clip.multichannel is not None):
+            return clip.peak_normalized_at_rate(self.sample_rate, FRONT_END["peak_dbfs"])
+        import soxr
+
+        # one gain for all channels (the 3rd and later too, though only two are embedded), as the reference
+        x = peak_normalize(clip.multichannel.astype(np.float64), FRONT_END["peak_dbfs"])
+        return np.stack([soxr.resample(ch, clip.sample_rate, self.sample_rate, quality=RESAMPLER["quality"])
+                         for ch in x[:2]])
 
     def frames(self, clip: np.ndarray) -> np.ndarray:
         """(n_frames, 48000) network inputs of one clip from ``audio_of`` (step 3 of the module docstring)."""
         return openl3_frames(resample_kaiser_best(clip, self.sample_rate, TARGET_SR, self.device), self.hop_s)
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Embed clips as ``audio_of`` gives them (peak-normalised at their own rate, then at 44.1 kHz)."""
-        import torch
-
+        """Embed clips as ``audio_of`` gives them: (n,) mono, or (2, n) left and right with ``channels=2``."""
         out = []
         for clip in clips:
+            clip = np.asarray(clip)
             if clip.size == 0:
                 raise EmbedderError(f"{self.name}: cannot embed an empty clip")
-            frames = self.frames(clip)
-            rows = []
-            for s in range(0, frames.shape[0], self.frames_per_pass):
-                batch = torch.from_numpy(np.array(frames[s:s + self.frames_per_pass], dtype=np.float32)).to(self.device)
-                with torch.no_grad():
-                    rows.append(self.model(batch).to("cpu").numpy())
-            emb = np.concatenate(rows).astype(np.float32)
-            out.append(np.concatenate([emb, emb], axis=1) if self.channels == 2 else emb)
+            if clip.ndim == 1:
+                emb = self._embed_channel(clip)
+                out.append(np.concatenate([emb, emb], axis=1) if self.channels == 2 else emb)
+            elif clip.ndim == 2 and clip.shape[0] == 2 and self.channels == 2:
+                out.append(np.concatenate([self._embed_channel(clip[0]), self._embed_channel(clip[1])], axis=1))
+            else:
+                raise EmbedderError(f"{self.name}: with channels={self.channels} a clip is (n,) mono"
+                                    f"{' or (2, n) left and right' if self.channels == 2 else ''}; got {clip.shape}")
         return out
+
+    def _embed_channel(self, samples: np.ndarray) -> np.ndarray:
+        """(n_frames, width) rows of one channel at 44.1 kHz (a stereo channel goes the same way as a mono clip)."""
+        import torch
+
+        frames = self.frames(samples)
+        rows = []
+        for s in range(0, frames.shape[0], self.frames_per_pass):
+            batch = torch.from_numpy(np.array(frames[s:s + self.frames_per_pass], dtype=np.float32)).to(self.device)
+            with torch.no_grad():
+                rows.append(self.model(batch).to("cpu").numpy())
+        return np.concatenate(rows).astype(np.float32)
 
 
 def default_weights_path(content_type: str) -> Path:

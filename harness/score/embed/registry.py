@@ -7,8 +7,10 @@ so nothing else has to be edited.
 
 An embedder turns mono float32 audio at its own ``sample_rate`` into one (n_windows, dim)
 float32 array per clip (its windowing rule is documented on the class), and optionally text
-into (n, dim) rows. ``identity()`` is everything that changes its output: name, code version,
-a sha256 of its weights, and its preprocessing settings. The embedding cache is keyed by it and
+into (n, dim) rows; one that ``reads_channels`` (``openl3`` with ``channels=2``) takes a
+multi-channel file's channels from ``audio_of`` and keys it by them (``cache_key``).
+``identity()`` is everything that changes its output: name, code version, a sha256 of its
+weights, and its preprocessing settings. The embedding cache is keyed by it and
 every metric row stores it, so numbers from different weights or settings never mix.
 """
 
@@ -100,6 +102,20 @@ class Embedder(ABC):
     def audio_of(self, clip: Any) -> np.ndarray:
         """The samples this embedder takes from a decoded ``Clip``: by default the clip at ``sample_rate``."""
         return clip.at_rate(self.sample_rate)
+
+    @property
+    def reads_channels(self) -> bool:
+        """Whether a multi-channel clip's embedding depends on more than its mono mix (see ``cache_key``)."""
+        return False
+
+    def cache_key(self, clip: Any) -> str:
+        """The cache key of a decoded ``Clip``'s embedding: its content hash (of the mono mix) by default.
+
+        An embedder that ``reads_channels`` keys a multi-channel clip by all its channels instead,
+        so two files with the same mix but different channels never share an entry; a mono clip
+        keeps its content hash (the key of every entry written before channels were read).
+        """
+        return clip.channels_sha256 if self.reads_channels and clip.n_channels > 1 else clip.sha256
 
     def identity(self) -> dict[str, Any]:
         """Name, code version, weights checksum and preprocessing: what the cache key hashes."""

@@ -3,7 +3,7 @@ Stability-AI's stable-audio-metrics ``src/`` computes it.
 
 | label | metric | embedder | stable-audio-metrics |
 |---|---|---|---|
-| FD_openl3 | fad | openl3 (mel256, env, 512-d per channel, mono faked to stereo: 1024-d frames at hop 0.5 s, 44.1 kHz bandwidth then 48 kHz; frames of all clips pooled) | openl3_fd |
+| FD_openl3 | fad | openl3 (mel256, env, 512-d per channel, stereo files left and right apart, mono faked to stereo: 1024-d frames at hop 0.5 s, 44.1 kHz bandwidth then 48 kHz; frames of all clips pooled) | openl3_fd |
 | KL_passt | kl_passt | passt logits (32 kHz, 10 s windows at 5 s hop, averaged per clip, softmax), paired | passt_kld |
 | CLAP | clap_score | clap (630k-audioset-fusion, clips peak-normalised to -1 dBFS) | clap_score |
 
