@@ -429,30 +429,28 @@ def _paired_only(data, extra: dict[str, Any]):
     return sub, {**extra, "paired": True, "n_unmatched": data.n - len(keep), "unmatched_prompts": unmatched[:50]}
 
 
+def _row_cells(r: dict[str, Any], value: str, ci: str) -> list[str]:
+    d = r["details"]
+    notes = [*d.get("degenerate", []), *d.get("caveats", [])]
+    if d.get("n_failed"):
+        notes.append(f"{d['n_failed']} failed")
+    if d.get("error"):
+        notes.append(f"error: {d['error']}")
+    if d.get("ci", {}).get("contains_value") is False:
+        notes.append("CI excludes value")
+    ref = r["reference"] if r["reference"] == "prompts" else r["reference_id"][:12]
+    proto = d.get("protocol")
+    metric = f"{r['metric']} ({proto['label']})" if proto else r["metric"]
+    return [r["cell_id"], metric, r["embedder"], ref, value, ci, str(r["n"]), ", ".join(notes)]
+
+
 def print_scores(result: ScoreResult) -> None:
     """Print the metric rows as a table, then notes (quarantine, skipped cells, cache use)."""
-    from rich.table import Table
-
-    from harness.console import make_console, value_and_ci
+    from harness.console import make_console, metric_table
 
     console = make_console()
-    table = Table("cell", "metric", "embedder", "reference", "value", "CI", "n", "notes",
-                  title="audioldm2-harness score")
-    for r in result.rows:
-        d = r["details"]
-        value, ci = value_and_ci(r)
-        notes = [*d.get("degenerate", []), *d.get("caveats", [])]
-        if d.get("n_failed"):
-            notes.append(f"{d['n_failed']} failed")
-        if d.get("error"):
-            notes.append(f"error: {d['error']}")
-        if d.get("ci", {}).get("contains_value") is False:
-            notes.append("CI excludes value")
-        ref = r["reference"] if r["reference"] == "prompts" else r["reference_id"][:12]
-        proto = d.get("protocol")
-        metric = f"{r['metric']} ({proto['label']})" if proto else r["metric"]
-        table.add_row(r["cell_id"], metric, r["embedder"], ref, value, ci, str(r["n"]), ", ".join(notes))
-    console.print(table)
+    console.print(metric_table("audioldm2-harness score", ("cell", "metric", "embedder", "reference", "value", "CI",
+                                                           "n", "notes"), result.rows, _row_cells))
     for cell_id, why in result.skipped_cells.items():
         console.print(f"cell {cell_id} not scored: {why}", highlight=False)
     if result.protocol:

@@ -119,23 +119,21 @@ def transcribe_run(run_dir: str | Path, model: str = DEFAULT_ASR_MODEL, *, revis
 
 def print_transcribed(result: TranscribeResult) -> None:
     """Print the WER/CER rows as a table, then skipped cells and cache use."""
-    from rich.table import Table
-
-    from harness.console import make_console, value_and_ci
+    from harness.console import make_console, metric_table
 
     console = make_console()
-    table = Table("cell", "metric", "model", "value", "CI", "n", "edits / units", "flags",
-                  title="audioldm2-harness transcribe")
-    for r in result.rows:
-        d = r["details"]
-        value, ci = value_and_ci(r)
-        flags = ", ".join(f"{k} {v}" for k, v in d["flags"].items() if v) + (f", {d['failed']} failed" if d["failed"] else "")
-        table.add_row(r["cell_id"], r["metric"], r["embedder"], value, ci, str(r["n"]),
-                      f"{d['edits']} / {d['reference_units']}", flags.strip(", "))
-    console.print(table)
+    console.print(metric_table("audioldm2-harness transcribe", ("cell", "metric", "model", "value", "CI", "n",
+                                                                "edits / units", "flags"), result.rows, _row_cells))
     if result.skipped_cells:
         console.print(f"{len(result.skipped_cells)} cell(s) without speech samples not scored", highlight=False)
     console.print(f"transcribed {result.transcribed} clip(s), {result.cached} from the cache", highlight=False)
+
+
+def _row_cells(r: dict[str, Any], value: str, ci: str) -> list[str]:
+    d = r["details"]
+    flags = ", ".join(f"{k} {v}" for k, v in d["flags"].items() if v) + (f", {d['failed']} failed" if d["failed"] else "")
+    return [r["cell_id"], r["metric"], r["embedder"], value, ci, str(r["n"]), f"{d['edits']} / {d['reference_units']}",
+            flags.strip(", ")]
 
 
 def _speaks(sample: dict[str, Any]) -> bool:
