@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_dir", metavar="RUN", help="run folder")
     cmp.add_argument("cell_a", metavar="CELL_A", help="cell id (a unique prefix is enough)")
     cmp.add_argument("cell_b", metavar="CELL_B", help="cell id to compare with (e.g. the DDIM 200-step baseline)")
-    cmp.add_argument("--reference", required=True, metavar="DIR|cell:ID", help="reference for FAD/KAD, as in score")
+    cmp.add_argument("--reference", required=True, metavar="DIR|cell:ID", help="reference for FAD/KAD and, paired, KL; as in score")
     cmp.add_argument("--embedder", default="mel", help="comma-separated embedders (default mel)")
     cmp.add_argument("--metrics", help="comma-separated registered metrics: fad, kad, clap_score, kl_softmax, "
                                        "kl_sigmoid, inception_score (default: every one of these the embedders "
