@@ -111,8 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--metrics", default="fad,kad,clap_score",
                     help="comma-separated registered metrics: fad, kad, clap_score, kl_softmax, kl_sigmoid, "
                          "inception_score (default fad,kad,clap_score)")
-    sc.add_argument("--pair-by", metavar="RULE", help="pair reference files with prompts: stem, audiocaps:CSV or "
-                                                      "manifest:CSV (needed by kl_softmax/kl_sigmoid)")
+    _add_pair_by(sc)
     sc.add_argument("--protocol", help="a named metric set instead of --embedder/--metrics: audioldm-eval "
                                        "(FD, FAD, KL, IS, CLAP as audioldm_eval computes them), stable-audio-metrics "
                                        "or stable-audio-metrics-musiccaps (FD_openl3, KL_passt, CLAP)")
@@ -153,15 +152,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="name of a run in the report (repeat once per RUN, in order; default: folder name)")
     rp.set_defaults(func=_cmd_report)
 
-    cmp = sub.add_parser("compare", help="paired tests of two cells of a run: CLAP, FAD and KAD differences")
+    cmp = sub.add_parser("compare", help="paired tests of two cells of a run: CLAP, FAD, KAD, KL and IS differences")
     cmp.add_argument("run_dir", metavar="RUN", help="run folder")
     cmp.add_argument("cell_a", metavar="CELL_A", help="cell id (a unique prefix is enough)")
     cmp.add_argument("cell_b", metavar="CELL_B", help="cell id to compare with (e.g. the DDIM 200-step baseline)")
-    cmp.add_argument("--reference", required=True, metavar="DIR|cell:ID", help="reference for FAD/KAD, as in score")
+    cmp.add_argument("--reference", required=True, metavar="DIR|cell:ID", help="reference for FAD/KAD and, paired, KL; as in score")
     cmp.add_argument("--embedder", default="mel", help="comma-separated embedders (default mel)")
+    cmp.add_argument("--metrics", help="comma-separated registered metrics: fad, kad, clap_score, kl_softmax, "
+                                       "kl_sigmoid, inception_score (default: every one of these the embedders "
+                                       "support; KL only with --pair-by or a cell: reference)")
+    _add_pair_by(cmp)
     cmp.add_argument("--permutations", type=int, default=999,
-                     help="label swaps for the FAD/KAD permutation test (default 999)")
-    cmp.add_argument("--bootstrap", type=int, default=2000, help="resamples for the paired CLAP bootstrap (default 2000)")
+                     help="label swaps for the FAD/KAD/IS permutation test (default 999)")
+    cmp.add_argument("--bootstrap", type=int, default=2000,
+                     help="resamples for the paired CLAP score / KL bootstrap (default 2000)")
     cmp.add_argument("--cache-dir", help="embedding cache folder, as in score")
     _add_reference_options(cmp)
     _add_weights_options(cmp)
@@ -438,6 +442,11 @@ def _add_weights_options(parser) -> None:
     parser.add_argument("--vggish-weights", help="vggish-10086976.pth for the vggish embedder (default: torch hub cache)")
 
 
+def _add_pair_by(parser) -> None:
+    parser.add_argument("--pair-by", metavar="RULE", help="pair reference files with prompts: stem, audiocaps:CSV or "
+                                                          "manifest:CSV (needed by kl_softmax/kl_sigmoid)")
+
+
 def _add_reference_options(parser) -> None:
     parser.add_argument("--follow-external-links", action="store_true",
                         help="use links in the reference folder that point outside it (default: quarantined)")
@@ -452,7 +461,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     _apply_threads(args)
     print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
-                                   clap_model=args.clap_model, weights=_weights(args), device=args.device,
+                                   metrics=args.metrics, pair_by=args.pair_by, clap_model=args.clap_model, weights=_weights(args), device=args.device,
                                    permutations=args.permutations, bootstrap=args.bootstrap,
                                    cache_dir=args.cache_dir, follow_external_links=args.follow_external_links,
                                    progress=not args.no_progress))

@@ -148,6 +148,23 @@ def _base_same_noisy(sweep, root):
     return runs
 
 
+@pytest.fixture(scope="session")
+def named_reference_writer():
+    """Factory: ``named_reference_writer(folder, prompt_ids)`` writes one distinct synthetic 0.5 s
+    clip per id as ``<folder>/<id>.wav``, a reference that ``--pair-by stem`` pairs with those prompts."""
+    return _write_named_reference
+
+
+def _write_named_reference(folder, prompt_ids) -> None:
+    from scipy.io import wavfile
+
+    from harness.data.synthetic import synthetic_clips
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for pid, (_, clip) in zip(prompt_ids, synthetic_clips(len(prompt_ids), duration_s=0.5)):
+        wavfile.write(folder / f"{pid}.wav", 16000, clip)
+
+
 def _write_sweep(path, **overrides) -> str:
     spec = {
         "name": "t", "checkpoints": ["tiny-audio"], "schedulers": ["ddim"], "steps": [3],

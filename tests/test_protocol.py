@@ -13,7 +13,6 @@ import scipy.linalg
 import torch
 
 from harness.cli import main
-from harness.data.synthetic import synthetic_clips
 from harness.generate.run import run_sweep
 from harness.score.embed.audio import Clip
 from harness.score.embed.pann import TinyPannEmbedder
@@ -24,16 +23,8 @@ from harness.store import RunStore
 TINY = {"pann": "tiny-pann", "vggish": "tiny-vggish", "clap": "tiny-clap"}
 
 
-def _write_reference(folder, prompt_ids):
-    from scipy.io import wavfile
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for pid, (_, clip) in zip(prompt_ids, synthetic_clips(len(prompt_ids), duration_s=0.5)):
-        wavfile.write(folder / f"{pid}.wav", 16000, clip)
-
-
 @pytest.fixture(scope="module")
-def protocol_run(tmp_path_factory, tiny_audio_path, sweep_writer):
+def protocol_run(tmp_path_factory, tiny_audio_path, sweep_writer, named_reference_writer):
     root = tmp_path_factory.mktemp("protocol")
     sweep = sweep_writer(root / "sweep.toml", prompts={"set": "smoke", "limit": 5})
     run_sweep(sweep, root / "run", progress=False)
@@ -42,7 +33,7 @@ def protocol_run(tmp_path_factory, tiny_audio_path, sweep_writer):
     store.close()
     prompts = sorted({s["prompt_id"] for s in samples})
     # The first prompt has no reference clip; one clip (distinct audio: copies count once) matches no prompt.
-    _write_reference(root / "ref", [*prompts[1:], "not_a_prompt"])
+    named_reference_writer(root / "ref", [*prompts[1:], "not_a_prompt"])
     result = score_run(root / "run", str(root / "ref"), protocol="audioldm-eval", substitute=TINY, pair_by="stem",
                        bootstrap=50, cache_dir=root / "cache")
     return root, samples, prompts, result
@@ -140,7 +131,8 @@ max_regression = "10%"
 
 
 def test_gate_on_kl_softmax_fails_on_degraded_audio_and_passes_on_a_rerun(tmp_path, sweep_writer,
-                                                                          base_same_noisy_runs):
+                                                                          base_same_noisy_runs,
+                                                                          named_reference_writer):
     from harness.gate.compare import compare
     from harness.gate.policy import load_policy
     from harness.gate.summary import from_runs
@@ -150,7 +142,7 @@ def test_gate_on_kl_softmax_fails_on_degraded_audio_and_passes_on_a_rerun(tmp_pa
     store = RunStore.read_only(runs["base"])
     prompts = sorted({s["prompt_id"] for s in store.samples()})
     store.close()
-    _write_reference(tmp_path / "ref", prompts)
+    named_reference_writer(tmp_path / "ref", prompts)
     for run in runs.values():
         score_run(run, str(tmp_path / "ref"), "tiny-pann", metrics="kl_softmax", pair_by="stem", bootstrap=50,
                   cache_dir=tmp_path / "cache")

@@ -66,12 +66,13 @@ from harness.data.references import DEFAULT_MIN_DURATION_S
 from harness.score.embed.cache import AudioSource, EmbeddingCache, EmbedResult, embed_sources, embed_texts
 from harness.score.embed.registry import Embedder, EmbedderError, available, get_embedder, options_of
 from harness.score.metrics.frechet import FAD_INF_MIN_N, fad_extras
-from harness.score.metrics.registry import Metric, available_metrics, metric_class
+from harness.score.metrics.registry import Metric, MetricData, available_metrics, metric_class
 from harness.score.reference import Reference, ReferenceOptions, clip_loader, resolve_cell, resolve_reference
 from harness.store import RunStore, open_store, require_intact_audio
 
-__all__ = ["METRICS", "ScoreError", "ScoreResult", "clip_loader", "clip_matrix", "fad_extras", "parse_embedders",
-           "print_scores", "resolve_cell", "score_run", "FAD_INF_MIN_N"]
+__all__ = ["METRICS", "ScoreError", "ScoreResult", "applies", "check_metrics", "clip_loader", "clip_matrix",
+           "fad_extras", "paired_only", "parse_embedders", "parse_metrics", "print_scores", "resolve_cell", "score_run",
+           "FAD_INF_MIN_N"]
 
 METRICS = ("fad", "kad", "clap_score")  # the default set
 DEFAULT_BOOTSTRAP = 200
@@ -184,23 +185,25 @@ def _plan(names: list[str], metrics: list[str], options: dict[str, dict[str, Any
     return jobs, proto
 
 
-def _check_jobs(jobs: list[_Job], built: list[Embedder], reference: Reference, protocol) -> None:
-    """One-line errors for metrics no selected embedder or reference can feed."""
-    for job, e in zip(jobs, built):
-        for m in job.metrics:
+def check_metrics(plan: Sequence[tuple[Sequence[str], Embedder]], reference: Reference, protocol: Any = None) -> None:
+    """One-line errors for metrics (per built embedder) that no selected embedder or the reference can feed."""
+    built = [e for _, e in plan]
+    for metrics, e in plan:
+        for m in metrics:
             cls = metric_class(m)
             if cls.output != "embedding" and cls.output not in e.output_dims():
                 if protocol is not None or not any(cls.output in b.output_dims() for b in built):
                     raise ScoreError(f"{m} needs an embedder with {cls.output} (pann, tiny-pann); "
                                      f"{e.name} has none")
-    needs_pairs = sorted({m for job in jobs for m in job.metrics if "paired_reference" in metric_class(m).needs})
+    needs_pairs = sorted({m for metrics, _ in plan for m in metrics if "paired_reference" in metric_class(m).needs})
     if needs_pairs and not reference.paired:
         who = f"protocol {protocol.key}" if protocol is not None else "metric"
         raise ScoreError(f"{who} needs a paired reference for {', '.join(needs_pairs)} but {reference.label} is "
                          "unpaired; pass --pair-by stem|audiocaps:CSV|manifest:CSV (or a cell: reference)")
 
 
-def _applies(metric: type[Metric], embedder: Embedder) -> bool:
+def applies(metric: type[Metric] | Metric, embedder: Embedder) -> bool:
+    """Whether ``embedder`` has what ``metric`` reads (a text encoder, its output)."""
     if "text" in metric.needs and not embedder.supports_text:
         return False
     return metric.output == "embedding" or metric.output in embedder.output_dims()
@@ -281,7 +284,7 @@ def _score_locked(store: RunStore, reference: str, jobs: list[_Job], proto, devi
 
     # --- embedders (built after the cheap checks: loading CLAP takes a while)
     built = [build_embedder(j.name, j.options, device) for j in jobs]
-    _check_jobs(jobs, built, ref, proto)
+    check_metrics([(j.metrics, e) for j, e in zip(jobs, built)], ref, proto)
     cache = EmbeddingCache(root / "embeddings" if cache_dir == "run" else cache_dir)
 
     # --- sources: every ok sample of the scored cells (and the reference cell), then the folder
@@ -387,7 +390,7 @@ def _score_cell(cell_id: str, group: _Group, embedder: Embedder, job: _Job, emb:
     out = []
     for name in job.metrics:
         metric = metric_class(name)()
-        if not _applies(metric, embedder):
+        if not applies(metric, embedder):
             continue
         if "text" in metric.needs:
             texts = embed_texts([r["prompt"] for r in rows], embedder, cache, emb) if rows else None
@@ -402,7 +405,7 @@ def _score_cell(cell_id: str, group: _Group, embedder: Embedder, job: _Job, emb:
         d, extra = data, dict(matching)
         reference_id = ref.identity
         if "paired_reference" in metric.needs:
-            d, extra = _paired_only(data, extra)
+            d, extra = paired_only(data, extra)
             reference_id = ref.paired_identity
         res = metric.evaluate(d, bootstrap, confidence, seed)
         details = {**extra, "n_prompts": len(set(d.prompts)), "degenerate": degenerate}
@@ -417,8 +420,8 @@ def _score_cell(cell_id: str, group: _Group, embedder: Embedder, job: _Job, emb:
     return out
 
 
-def _paired_only(data, extra: dict[str, Any]):
-    """The samples that have a paired reference clip (aligned cells already are)."""
+def paired_only(data: MetricData, extra: dict[str, Any]) -> tuple[MetricData, dict[str, Any]]:
+    """The samples with a paired reference clip (aligned cells all have one); ``extra`` gains the unmatched ones."""
     if data.aligned or data.pair is None:
         return data, extra
     keep = [i for i, j in enumerate(data.pair) if j is not None]
