@@ -11,11 +11,14 @@ see RESULTS.md), which resamples with resampy's kaiser_best as openl3 does. Two 
     # 1. a throwaway venv with the reference libraries (it sees the shared venv's torch through a .pth)
     python3 -m venv /tmp/samref
     echo /path/to/.venv/lib/python3.11/site-packages > /tmp/samref/lib/python3.11/site-packages/shared.pth
-    /tmp/samref/bin/pip install -c constraints.txt torchopenl3==1.0.1 librosa resampy==0.2.2 pyloudnorm 'setuptools<70'
+    /tmp/samref/bin/pip install -c constraints.txt torchopenl3==1.0.1 librosa resampy==0.2.2 pyloudnorm 'setuptools<81'
     /tmp/samref/bin/python benchmarks/stable_audio_crosscheck.py reference /tmp/samx
 
     # 2. the harness's environment: load the reference's random weights, embed the same files
     python benchmarks/stable_audio_crosscheck.py compare /tmp/samx
+
+(``setuptools<81``: resampy 0.2.2 imports ``pkg_resources``, which setuptools 81 dropped; the
+shared torch 2.13 requires setuptools>=77, so the older pin ``<70`` no longer resolves.)
 
 Step 1 writes WAV files (16-bit PCM, as AudioLDM 2 writes them: 16 kHz and one 44.1 kHz clip),
 a torchopenl3 mel256 network with random weights (batch-norm statistics randomised too) saved
@@ -24,6 +27,19 @@ hop 0.5 s, samplingrate 44100: the AudioCaps example's settings) and the referen
 the full 1024-d rows and once on their first 16 dimensions (the full-width covariances of a few
 hundred frames are singular, so there the sqrtm term is ill-conditioned in both codes).
 Step 2 embeds the same files with the harness's ``openl3`` embedder and prints the table.
+
+Multi-channel files: a third folder ``ref_stereo`` holds the three mono reference clips again
+(the same bytes) and three multi-channel 16-bit files whose channels clearly differ (``STEREO``):
+a 44.1 kHz stereo clip, a 48 kHz stereo clip whose left channel peaks about 4x higher than its
+right (one gain from the larger peak must scale both), and a 16 kHz three-channel clip whose
+largest sample is in the third channel (which the reference peak-normalises over but does not
+embed). The reference reads them as the driver does (``librosa.load(sr=None, mono=False)``,
+``.T``, ``pyln.normalize.peak`` on the (samples, channels) array, ``soxr.resample`` of that
+array, ``audio[:, 0]`` and ``audio[:, 1]``), in batches of 4 that mix mono and multi-channel
+files. ``compare`` prints, per file, the max abs difference of the left and right halves of the
+rows, how far apart the reference's left and right halves are, and how far the pre-stereo
+harness (mono mix, ``[e, e]``) would be; and FD_openl3 of ``eval`` against ``ref_stereo``. The
+mono folders and their figures are unchanged (their clips come from their own generator).
 """
 
 from __future__ import annotations
@@ -37,8 +53,14 @@ import numpy as np
 
 CLIPS = {"eval": [(16000, 10.24), (16000, 3.0), (16000, 0.8)],
          "ref": [(16000, 10.24), (44100, 5.0), (16000, 2.5)]}
+# ref_stereo: the mono ref clips again, then these (rate, seconds, per channel (tone Hz, amplitude, noise))
+STEREO = {"3_lr_44k.wav": (44100, 4.0, [(330, 0.30, 0.05), (587, 0.35, 0.03)]),
+          "4_gain_48k.wav": (48000, 3.0, [(250, 0.55, 0.03), (900, 0.10, 0.02)]),
+          "5_three_16k.wav": (16000, 2.5, [(400, 0.20, 0.03), (700, 0.25, 0.05), (150, 0.60, 0.02)])}
+SPLITS = (*CLIPS, "ref_stereo")
 SETTINGS = {"channels": 2, "samplingrate": 44100, "content_type": "env", "hop": 0.5, "batch": 4}
 PROBE_DIMS = 16
+STEREO_PROBE = np.r_[0:8, 512:520]  # the first 8 dims of the left and of the right half
 
 
 def _write_clips(out: Path) -> None:
@@ -52,6 +74,15 @@ def _write_clips(out: Path) -> None:
             tone = 0.3 * np.sin(2 * np.pi * (220 + 110 * i + (50 if split == "ref" else 0)) * t)
             audio = tone * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t)) + rng.normal(0, 0.05 + 0.02 * i, t.size)
             sf.write(out / split / f"{i}.wav", np.clip(audio, -1, 1).astype(np.float32), sr, subtype="PCM_16")
+    (out / "ref_stereo").mkdir(exist_ok=True)
+    for file in sorted((out / "ref").glob("*.wav")):
+        (out / "ref_stereo" / file.name).write_bytes(file.read_bytes())
+    rng = np.random.default_rng(2)  # its own generator: the mono clips above stay as they were
+    for name, (sr, seconds, channels) in STEREO.items():
+        t = np.arange(int(sr * seconds)) / sr
+        audio = np.stack([amp * np.sin(2 * np.pi * hz * t) * (1 + 0.5 * np.sin(2 * np.pi * (0.7 + 0.6 * c) * t))
+                          + rng.normal(0, noise, t.size) for c, (hz, amp, noise) in enumerate(channels)], axis=1)
+        sf.write(out / "ref_stereo" / name, np.clip(audio, -1, 1).astype(np.float32), sr, subtype="PCM_16")
 
 
 def _frechet(rows_x: np.ndarray, rows_y: np.ndarray) -> float:
@@ -108,47 +139,64 @@ def reference(out: Path) -> None:
     randomise_batch_norms(model)
     torch.save(model.state_dict(), out / "torchopenl3_mel256_env_512.pth.tar")
     result, seconds = {}, {}
-    for split in CLIPS:
+    for split in SPLITS:
         start = time.perf_counter()
         per_file = _reference_embeddings(out / split, model)
         seconds[split] = time.perf_counter() - start
         np.savez(out / f"ref_{split}.npz", *per_file)
         result[split] = np.concatenate(per_file)
     fd = {"full": _frechet(result["eval"], result["ref"]),
-          "probe": _frechet(result["eval"][:, :PROBE_DIMS], result["ref"][:, :PROBE_DIMS])}
+          "probe": _frechet(result["eval"][:, :PROBE_DIMS], result["ref"][:, :PROBE_DIMS]),
+          "stereo_full": _frechet(result["eval"], result["ref_stereo"]),
+          "stereo_probe": _frechet(result["eval"][:, STEREO_PROBE], result["ref_stereo"][:, STEREO_PROBE])}
     (out / "reference.json").write_text(json.dumps({"fd": fd, "seconds": seconds, "settings": SETTINGS}, indent=1))
     print(f"reference written to {out}: {fd}")
 
 
 def compare(out: Path) -> None:
-    """Embed the same files with the harness and print the cross-check table."""
+    """Embed the same files with the harness and print the cross-check tables."""
     from harness.score.embed.audio import Clip
     from harness.score.embed.openl3 import OpenL3Embedder
     from harness.score.metrics.stable_audio import fd_openl3
 
     ref = json.loads((out / "reference.json").read_text())
     embedder = OpenL3Embedder(weights=str(out / "torchopenl3_mel256_env_512.pth.tar"), content_type="env", channels=2)
-    ours, theirs = {}, {}
+    half = embedder.dim // 2
+    ours, theirs, multi = {}, {}, []
     print("| clip | frames | max abs diff | max abs value | min row cosine |")
     print("|---|---|---|---|---|")
-    for split in CLIPS:
+    for split in SPLITS:
         files = sorted((out / split).glob("*.wav"))
         start = time.perf_counter()
-        ours[split] = [embedder.embed_audio([embedder.audio_of(Clip.from_file(f))])[0] for f in files]
+        clips = [Clip.from_file(f) for f in files]
+        ours[split] = [embedder.embed_audio([embedder.audio_of(c)])[0] for c in clips]
         took = time.perf_counter() - start
         loaded = np.load(out / f"ref_{split}.npz")
         theirs[split] = [loaded[f"arr_{i}"] for i in range(len(files))]
-        for f, a, b in zip(files, ours[split], theirs[split]):
+        for f, c, a, b in zip(files, clips, ours[split], theirs[split]):
             cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
             shape = "x".join(map(str, a.shape)) if a.shape == b.shape else f"{a.shape} vs {b.shape}"
             print(f"| {split}/{f.name} | {shape} | {np.abs(a - b).max():.3g} | {np.abs(b).max():.3g} | {cos.min():.9f} |")
+            if c.n_channels > 1:
+                multi.append((f"{split}/{f.name}", c, a, b))
         print(f"<!-- {split}: harness {took:.1f} s, reference {ref['seconds'][split]:.1f} s -->")
+    print("\n| multi-channel clip | channels, rate | frames | max abs diff left half | max abs diff right half "
+          "| reference: max abs diff of its left and right halves | pre-stereo harness (mono mix): max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    for name, c, a, b in multi:
+        mixed = embedder.embed_audio([c.peak_normalized_at_rate(embedder.sample_rate, -1.0)])[0]  # [e(mix), e(mix)]
+        print(f"| {name} | {c.n_channels}, {c.sample_rate} Hz | {b.shape[0]} | {np.abs(a[:, :half] - b[:, :half]).max():.3g} | "
+              f"{np.abs(a[:, half:] - b[:, half:]).max():.3g} | {np.abs(b[:, :half] - b[:, half:]).max():.3g} | "
+              f"{np.abs(mixed - b).max():.3g} |")
     print("\n| figure | reference | harness | relative difference |\n|---|---|---|---|")
-    for name, dims in (("full", None), ("probe", PROBE_DIMS)):
-        cut = (lambda rows: [r[:, :dims] for r in rows]) if dims else (lambda rows: rows)
-        got = float(fd_openl3(cut(ours["eval"]), cut(ours["ref"])))
+    for name, against, dims, label in (
+            ("full", "ref", None, "FD_openl3 (1024-d rows)"),
+            ("probe", "ref", slice(0, PROBE_DIMS), f"FD_openl3 on the first {PROBE_DIMS} dims"),
+            ("stereo_full", "ref_stereo", None, "FD_openl3 against ref_stereo (1024-d rows)"),
+            ("stereo_probe", "ref_stereo", STEREO_PROBE, "FD_openl3 against ref_stereo on dims 0-7 and 512-519")):
+        cut = (lambda rows: [r[:, dims] for r in rows]) if dims is not None else (lambda rows: rows)
+        got = float(fd_openl3(cut(ours["eval"]), cut(ours[against])))
         want = ref["fd"][name]
-        label = "FD_openl3 (1024-d rows)" if dims is None else f"FD_openl3 on the first {dims} dims"
         print(f"| {label} | {want:.9g} | {got:.9g} | {abs(got - want) / abs(want):.2e} |")
 
 
