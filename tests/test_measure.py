@@ -55,6 +55,26 @@ def test_instrumentation_does_not_change_audio(tiny_audio, cell):
     assert np.array_equal(timed, plain)
 
 
+def test_instrumented_call_resolves_the_device_no_more_often_than_a_bare_call(tiny_audio, cell, monkeypatch):
+    # pipe._execution_device walks every module of the pipeline; a second walk per call was
+    # most of the harness's overhead against a bare diffusers call on the tiny checkpoint
+    tiny_audio.pipe.scheduler = build_scheduler("ddim", {}, tiny_audio.base_scheduler)
+    pipeline_class = type(tiny_audio.pipe)
+    walks = []
+    original = pipeline_class._execution_device
+
+    def counted(self):
+        walks.append(1)
+        return original.fget(self)
+
+    monkeypatch.setattr(pipeline_class, "_execution_device", property(counted))
+    tiny_audio.pipe("wind", num_inference_steps=2, audio_length_in_s=1.0, guidance_scale=3.5,
+                    generator=torch.Generator("cpu").manual_seed(0))
+    bare, walks[:] = len(walks), []
+    one_call(tiny_audio, cell, "wind", None, [0], StageTimer("cpu"))
+    assert bare >= 1 and len(walks) <= bare
+
+
 def test_bench_command_stores_measurements(make_sweep, tmp_path):
     config = make_sweep(schedulers=["ddim", "heun"], steps=[3], latency={"repeats": 2, "batch_sizes": [1, 2]})
     result = bench_sweep(config, tmp_path / "run", progress=False)

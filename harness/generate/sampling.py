@@ -42,7 +42,8 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
             guidance_scale: float, height: int, tracker: Tracker) -> torch.Tensor:
     """The UNet loop of AudioLDM2Pipeline.__call__ on a batch; returns final latents."""
     guided = guidance_scale > 1.0
-    device = pipe._execution_device
+    device = cond.prompt_embeds.device  # encode_prompt's execution device; walking the pipeline
+    # again for it (pipe._execution_device) costs a traversal of every module per call
     pipe.scheduler.set_timesteps(steps, device=device)
     latents = pipe.prepare_latents(
         len(generators), pipe.unet.config.in_channels, height, cond.prompt_embeds.dtype, device, generators
