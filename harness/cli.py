@@ -461,7 +461,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     _apply_threads(args)
     print_comparison(compare_cells(args.run_dir, args.cell_a, args.cell_b, args.reference, args.embedder,
-                                   metrics=args.metrics, pair_by=args.pair_by, clap_model=args.clap_model, weights=_weights(args), device=args.device,
+                                   metrics=args.metrics, pair_by=args.pair_by, clap_model=args.clap_model,
+                                   weights=_weights(args), device=args.device,
                                    permutations=args.permutations, bootstrap=args.bootstrap,
                                    cache_dir=args.cache_dir, follow_external_links=args.follow_external_links,
                                    progress=not args.no_progress))

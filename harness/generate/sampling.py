@@ -42,8 +42,9 @@ def denoise(pipe, cond: Conditioning, generators: list[torch.Generator], steps: 
             guidance_scale: float, height: int, tracker: Tracker) -> torch.Tensor:
     """The UNet loop of AudioLDM2Pipeline.__call__ on a batch; returns final latents."""
     guided = guidance_scale > 1.0
-    device = cond.prompt_embeds.device  # encode_prompt's execution device; walking the pipeline
-    # again for it (pipe._execution_device) costs a traversal of every module per call
+    # Where encode_prompt put the conditioning: pipe._execution_device would find the same device
+    # by walking every module of the pipeline again, a cost on every call.
+    device = cond.prompt_embeds.device
     pipe.scheduler.set_timesteps(steps, device=device)
     latents = pipe.prepare_latents(
         len(generators), pipe.unet.config.in_channels, height, cond.prompt_embeds.dtype, device, generators
